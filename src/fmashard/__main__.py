@@ -1,0 +1,3 @@
+from fmashard.cli import main
+
+main()

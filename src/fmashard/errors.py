@@ -1,0 +1,86 @@
+"""One error policy for the whole data path.
+
+User errors (bad paths, bad arguments, unreadable metadata) are `UserError`: the CLI prints them on one
+line and exits with code 2.  Data errors carry the shard URL and the sample key; the loader's
+`on_error` policy ("raise" or "skip") decides whether they stop the run or are counted and skipped.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger("fmashard")
+
+
+class UserError(Exception):
+    """Something the user can fix: printed as one line, exit code 2, no traceback."""
+
+
+class StorageError(UserError):
+    """A URL could not be read or written (not found, denied, unreachable)."""
+
+    def __init__(self, url: str, message: str):
+        self.url = url
+        super().__init__(f"{url}: {message}")
+
+
+class NotFoundError(StorageError):
+    pass
+
+
+class AuthError(StorageError):
+    pass
+
+
+class DataError(UserError):
+    """A shard or sample that is not what the manifest promised."""
+
+    def __init__(self, url: str, key: str | None, message: str):
+        self.url, self.key = url, key
+        where = f"{url} key {key}" if key else url
+        super().__init__(f"{where}: {message}")
+
+
+class CorruptSampleError(DataError):
+    """A sample is missing a member, has the wrong size, or its tar header is damaged."""
+
+
+class TruncatedShardError(DataError):
+    """A shard ended before the samples the manifest promised."""
+
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+@dataclass
+class ErrorPolicy:
+    """`raise` stops at the first data error; `skip` counts it and goes on.  Skips are never silent:
+    `summary()` reports them, and the loader logs the count at the end of every epoch."""
+
+    mode: str = "raise"
+    skipped: Counter = field(default_factory=Counter)
+    examples: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.mode not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {self.mode!r}")
+
+    def handle(self, exc: DataError) -> None:
+        """Re-raise in `raise` mode; otherwise record the error and return so the caller skips."""
+        if self.mode == "raise":
+            raise exc
+        self.skipped[type(exc).__name__] += 1
+        if len(self.examples) < 20:
+            self.examples.append(str(exc))
+        log.warning("skipped: %s", exc)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        if not self.num_skipped:
+            return "no samples skipped"
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()))
+        return f"{self.num_skipped} samples skipped ({kinds})"
