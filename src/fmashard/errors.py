@@ -46,6 +46,10 @@ class CorruptSampleError(DataError):
     """A sample is missing a member, has the wrong size, or its tar header is damaged."""
 
 
+class DamagedHeaderError(CorruptSampleError):
+    """A tar header failed its checksum: the reader resyncs at the next record boundary."""
+
+
 class TruncatedShardError(DataError):
     """A shard ended before the samples the manifest promised."""
 
@@ -66,11 +70,12 @@ class ErrorPolicy:
         if self.mode not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {self.mode!r}")
 
-    def handle(self, exc: DataError) -> None:
-        """Re-raise in `raise` mode; otherwise record the error and return so the caller skips."""
+    def handle(self, exc: DataError, lost: int = 1) -> None:
+        """Re-raise in `raise` mode; otherwise record the error (and the `lost` samples it cost) and
+        return so the caller skips."""
         if self.mode == "raise":
             raise exc
-        self.skipped[type(exc).__name__] += 1
+        self.skipped[type(exc).__name__] += lost
         if len(self.examples) < 20:
             self.examples.append(str(exc))
         log.warning("skipped: %s", exc)

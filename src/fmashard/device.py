@@ -1,0 +1,78 @@
+"""Device stage: host batches -> device-ready float windows, with the next batch already on its way.
+
+On CUDA the raw int16 batch (pinned by the loader) is copied with `non_blocking=True` on a side stream
+while the current batch computes; the compute stream waits on an event before decoding it.  On CPU the
+same code runs without streams.  Decoding and windowing happen on the device (`fmashard.windows`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fmashard.errors import UserError
+from fmashard.windows import WindowSpec, make_windows
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> cuda when present, else cpu.  Asking for cuda without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    return device
+
+
+@dataclass
+class DeviceBatch:
+    windows: torch.Tensor     # (B*W, 1, L) float32
+    labels: torch.Tensor      # (B*W,) int64
+    track_ids: torch.Tensor   # (B*W,) int64
+    num_tracks: int
+
+
+class DeviceFeeder:
+    """Iterate `DeviceBatch`es from an iterable of `HostBatch`es, one batch prefetched to the device.
+
+    `seed` and the batch index seed the random crops, so a resumed run crops exactly as before."""
+
+    def __init__(self, host_batches, device: torch.device, spec: WindowSpec = WindowSpec(),
+                 seed: int = 0, epoch: int = 0, start_index: int = 0):
+        self.host_batches, self.device, self.spec = host_batches, device, spec
+        self.seed, self.epoch, self.start_index = seed, epoch, start_index
+        self.cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def _to_device(self, batch):
+        if not self.cuda:
+            return batch.audio, batch.labels, batch.track_ids, None
+        with torch.cuda.stream(self.copy_stream):
+            tensors = tuple(t.to(self.device, non_blocking=True)
+                            for t in (batch.audio, batch.labels, batch.track_ids))
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        return (*tensors, event)
+
+    def _finish(self, staged, index: int) -> DeviceBatch:
+        audio, labels, track_ids, event = staged
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+            for t in (audio, labels, track_ids):  # the allocator must not reuse these too early
+                t.record_stream(torch.cuda.current_stream(self.device))
+        generator = None
+        if self.spec.random_crop:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
+        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids)
+        return DeviceBatch(windows, labels, track_ids, audio.shape[0])
+
+    def __iter__(self):
+        staged, index = None, self.start_index
+        for batch in self.host_batches:
+            nxt = self._to_device(batch)
+            if staged is not None:
+                yield self._finish(staged, index)
+                index += 1
+            staged = nxt
+        if staged is not None:
+            yield self._finish(staged, index)

@@ -1,0 +1,332 @@
+"""Collate stage: `ShardLoader` turns a `DatasetSpec` into host batches of raw audio.
+
+Each batch is one contiguous `(B, clip_samples)` int16 (or float16) tensor — pinned when CUDA is
+present — with labels and track ids.  No float conversion or windowing happens here: that is the
+device stage's job.  The loader knows its exact length per epoch, splits work over ranks and
+DataLoader workers, and has `state_dict()` / `load_state_dict()` for exact mid-epoch resume.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fmashard import storage
+from fmashard.errors import DamagedHeaderError, DataError, ErrorPolicy, StorageError, TruncatedShardError, log
+from fmashard.plan import PlanConfig, WorkerPlan, round_robin, worker_plan
+from fmashard.sources import DatasetSpec
+from fmashard.tarstream import RecordReader
+
+
+@dataclass
+class HostBatch:
+    audio: torch.Tensor        # (B, clip_samples) int16 or float16, raw from the shard
+    labels: torch.Tensor       # (B,) int64
+    track_ids: torch.Tensor    # (B,) int64
+    skipped: int = 0           # samples skipped (on_error="skip") since the previous batch
+
+    def pin_memory(self):
+        return replace(self, audio=self.audio.pin_memory())
+
+    def __len__(self):
+        return self.audio.shape[0]
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 8
+    shuffle: bool = True
+    shuffle_buffer: int = 64
+    seed: int = 0
+    num_workers: int = 0
+    drop_last: bool = False
+    equal_ranks: bool = True
+    on_error: str = "raise"
+    rank: int | None = None
+    world_size: int | None = None
+    pin_memory: bool | None = None
+    allow_pipe: bool = False
+    prefetch: int = 2          # with num_workers=0: batches read ahead by a background thread (0 = off)
+
+    def __post_init__(self):
+        for name in ("batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        ErrorPolicy(self.on_error)  # validates the mode
+
+    def plan_config(self) -> PlanConfig:
+        return PlanConfig(self.batch_size, self.shuffle, self.shuffle_buffer, self.seed,
+                          self.drop_last, self.equal_ranks)
+
+
+def dist_rank_world(cfg: LoaderConfig) -> tuple[int, int]:
+    """Rank and world size: explicit, else torch.distributed, else the torchrun environment."""
+    if cfg.rank is not None and cfg.world_size is not None:
+        return cfg.rank, cfg.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class _Buffers:
+    """Pending batch buffers, allocated on first use and handed out when full."""
+
+    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool):
+        self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
+        self.dtype = getattr(torch, spec.dtype)
+        self.live: dict[int, tuple] = {}
+
+    def slot(self, buffer: int, slot: int):
+        if buffer not in self.live:
+            audio = torch.empty((self.batch_size, self.spec.clip_samples), dtype=self.dtype,
+                                pin_memory=self.pin)
+            if self.shared:
+                audio.share_memory_()
+            meta = np.zeros((self.batch_size, 3), dtype=np.int64)  # label, track id, valid
+            self.live[buffer] = (audio, meta)
+        audio, meta = self.live[buffer]
+        return audio[slot].view(torch.uint8).numpy(), meta[slot]
+
+    def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
+        audio, meta = self.live.pop(buffer)
+        return audio[:size], meta[:size]
+
+    def gather(self, members: list[tuple[int, int]]) -> tuple[torch.Tensor, np.ndarray]:
+        audio = torch.stack([self.live[b][0][k] for b, k in members])
+        meta = np.stack([self.live[b][1][k] for b, k in members])
+        return audio, meta
+
+
+def _finish(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
+    valid = meta[:, 2].astype(bool)
+    if not valid.all():
+        audio, meta = audio[torch.from_numpy(valid)], meta[valid]
+    return HostBatch(audio, torch.from_numpy(meta[:, 0].copy()), torch.from_numpy(meta[:, 1].copy()), skipped)
+
+
+class WorkerStream:
+    """Executes one worker's plan: stream samples into their slots, emit batches in plan order.
+    `start` batches of the plan were already delivered (resume)."""
+
+    def __init__(self, spec: DatasetSpec, plan: WorkerPlan, policy: ErrorPolicy, buffers: _Buffers,
+                 start: int = 0, allow_pipe: bool = False):
+        self.spec, self.plan, self.policy, self.buffers = spec, plan, policy, buffers
+        self.start, self.allow_pipe = start, allow_pipe
+        self._reported = policy.num_skipped
+
+    def __iter__(self):
+        bp = self.plan.batches
+        cut = bp.cut_ordinal(self.start)
+        emitted = {b for b, _, _ in bp.full[: self.start]}
+        for _ in self._arrivals([s for s in range(cut + 1) if int(bp.buffer_of[s]) not in emitted]):
+            pass  # resume: refill the batches that were pending at the cut
+        nxt = min(self.start, len(bp.full))
+        for s in self._arrivals(range(cut + 1, len(bp.buffer_of))):
+            if nxt < len(bp.full) and bp.full[nxt][1] == s:
+                buffer, _, size = bp.full[nxt]
+                nxt += 1
+                yield _finish(*self.buffers.take(buffer, size), self._skipped_since())
+        for i, members in enumerate(bp.tail):
+            if len(bp.full) + i >= self.start:
+                yield _finish(*self.buffers.gather(members), self._skipped_since())
+        self.buffers.live.clear()
+
+    def _skipped_since(self) -> int:
+        now = self.policy.num_skipped
+        delta, self._reported = now - self._reported, now
+        return delta
+
+    def _arrivals(self, ordinals):
+        """Read the given ordinals (ascending) into their slots; yield each ordinal once it is
+        placed or skipped.  Consecutive ordinals of one segment share one stream (one request)."""
+        run: list[int] = []
+        for s in ordinals:
+            if run and (s != run[-1] + 1 or self.plan.locate(s)[0] is not self.plan.locate(run[0])[0]):
+                yield from self._read_run(run)
+                run = []
+            run.append(s)
+        if run:
+            yield from self._read_run(run)
+
+    def _read_run(self, run: list[int]):
+        seg, first = self.plan.locate(run[0])
+        done = 0
+        while done < len(run):
+            try:
+                for _ in self._read_records(seg.url, first + done, run[done:]):
+                    yield run[done]
+                    done += 1
+            except DamagedHeaderError as exc:  # resync at the next record boundary
+                self.policy.handle(exc)
+                yield run[done]
+                done += 1
+            except (TruncatedShardError, StorageError) as exc:
+                if self.policy.mode == "raise":
+                    raise
+                if not isinstance(exc, DataError):
+                    exc = DataError(seg.url, None, str(exc))
+                self.policy.handle(exc, lost=len(run) - done)
+                yield from run[done:]
+                return
+
+    def _read_records(self, url: str, first: int, ordinals: list[int]):
+        """Generator: one stream over the records [first, first+len(ordinals)); yields per sample."""
+        rb, bp = self.spec.record_bytes, self.plan.batches
+        with storage.open_stream(url, first * rb, (first + len(ordinals)) * rb,
+                                 allow_pipe=self.allow_pipe) as stream:
+            reader = RecordReader(stream, url, self.spec.sample_bytes, self.spec.audio_ext)
+            for i, s in enumerate(ordinals):
+                slot, meta = self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s]))
+                try:
+                    sample = reader.read_sample(slot)
+                except (DamagedHeaderError, TruncatedShardError):
+                    raise
+                except DataError as exc:
+                    self.policy.handle(exc)
+                    yield s
+                    continue
+                if sample is None:
+                    raise TruncatedShardError(url, None, f"shard ends after {first + i} samples; the "
+                                                         "manifest promised more (truncated)")
+                meta[0], meta[1], meta[2] = sample.label, _track_id(sample.key), 1
+                yield s
+
+
+def _track_id(key: str) -> int:
+    try:
+        return int(key.rsplit("/", 1)[-1])
+    except ValueError:
+        return -1
+
+
+_DONE = object()
+
+
+def read_ahead(iterable, depth: int):
+    """Run `iterable` in a background thread, `depth` items ahead.  File and socket reads release the
+    GIL, so reading the next batch overlaps with whatever the consumer does (decoding, compute).
+    Errors are re-raised in the consumer; abandoning the iterator stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="fmashard-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class _WorkerDataset(IterableDataset):
+    """What each DataLoader worker runs (or the main process, with num_workers=0)."""
+
+    def __init__(self, loader: "ShardLoader", epoch: int, starts: list[int], rotation: int = 0):
+        self.spec, self.cfg = loader.spec, loader.config
+        self.rank, self.world = loader.rank, loader.world
+        self.epoch, self.starts, self.pin = epoch, starts, loader.pin_in_worker
+        self.rotation = rotation
+        self.policy = loader.policy
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = ((info.id + self.rotation) % info.num_workers, info.num_workers) if info else (0, 1)
+        plan = worker_plan(self.spec, self.cfg.plan_config(), self.epoch, self.rank, self.world, worker, workers)
+        buffers = _Buffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None)
+        yield from WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe)
+
+
+class ShardLoader:
+    """Iterable of `HostBatch` for one split: exact epochs, seeded shuffles, exact resume.
+
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader: ...
+    `len(loader)` is the number of batches this rank gets this epoch (the same on every rank when
+    `equal_ranks`).  `state_dict()` taken after k batches and loaded into a fresh loader makes it
+    yield exactly batches k+1.. of that epoch, in the same order."""
+
+    def __init__(self, spec: DatasetSpec, config: LoaderConfig = LoaderConfig()):
+        self.spec, self.config = spec, config
+        self.rank, self.world = dist_rank_world(config)
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world}")
+        self.policy = ErrorPolicy(config.on_error)
+        pin = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
+        if pin and not torch.cuda.is_available():
+            raise ValueError("pin_memory=True needs CUDA, which is not available")
+        self.pin_in_worker = pin and config.num_workers == 0
+        self.pin_by_loader = pin and config.num_workers > 0
+        self.epoch, self.delivered, self._resume = 0, 0, 0
+        self.skipped_this_epoch = 0
+
+    def _counts(self, epoch: int) -> list[int]:
+        workers = max(1, self.config.num_workers)
+        return [worker_plan(self.spec, self.config.plan_config(), epoch, self.rank, self.world, w,
+                            workers).batches.num_batches for w in range(workers)]
+
+    def __len__(self) -> int:
+        return sum(self._counts(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._resume = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.delivered, "seed": self.config.seed,
+                "rank": self.rank, "world_size": self.world, "num_workers": self.config.num_workers,
+                "batch_size": self.config.batch_size, "shuffle_buffer": self.config.shuffle_buffer,
+                "num_samples": self.spec.num_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "num_samples"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"cannot resume: loader {key} was {state.get(key)}, now {mine[key]}")
+        self.epoch, self._resume = int(state["epoch"]), int(state["batches"])
+        self.delivered = self._resume
+
+    def __iter__(self):
+        counts = self._counts(self.epoch)
+        total = sum(counts)
+        starts, rotation = round_robin(counts, self._resume)
+        self.delivered, self.skipped_this_epoch = self._resume, 0
+        dataset = _WorkerDataset(self, self.epoch, starts, rotation)
+        if self.config.num_workers == 0:
+            source = iter(dataset) if not self.config.prefetch else read_ahead(dataset, self.config.prefetch)
+        else:
+            source = iter(DataLoader(dataset, batch_size=None, num_workers=self.config.num_workers,
+                                     pin_memory=self.pin_by_loader, prefetch_factor=2))
+        for batch in source:
+            self.delivered += 1
+            self.skipped_this_epoch += batch.skipped
+            yield batch
+        if self.delivered != total:
+            raise RuntimeError(f"loader delivered {self.delivered} batches, planned {total}")
+        if self.skipped_this_epoch:
+            log.warning("epoch %d: %d samples skipped (on_error=skip)", self.epoch, self.skipped_this_epoch)
+        self.epoch, self._resume, self.delivered = self.epoch + 1, 0, 0  # state now points at the next epoch

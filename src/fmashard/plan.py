@@ -1,0 +1,166 @@
+"""Samples stage: who reads which samples, in which order, into which batch — a pure function of
+(seed, epoch, rank, world size, worker, number of workers, batch size, shuffle buffer).
+
+1. Shard order: shuffled per epoch with rng(seed, epoch).
+2. The shuffled shards form one sequence of samples; rank r reads a contiguous range of it, so each
+   rank reads its own shards.  With `equal_ranks` (training) every rank gets exactly N // world
+   samples: the N % world samples at the end of the sequence are dropped for that epoch (a different
+   few every epoch, since the shard order changes).  Without it (evaluation) the ranges cover every
+   sample and differ in length by at most one.
+3. A rank's range is split the same way over its DataLoader workers; our records have a fixed size,
+   so a range may start in the middle of a shard (a seek or a Range request).
+4. Scatter shuffle: each arriving sample goes to a random free slot of P = shuffle_buffer // B pending
+   batches; a batch is emitted the moment it is full and a new empty one takes its place.  Every
+   sample is read straight into its final batch slot (one copy), memory is bounded by P*B samples,
+   and since the plan depends only on the ordinals, not on the data, a resumed loader rebuilds the
+   exact pending state: re-read the few samples that sat in pending batches at the cut (random access)
+   and stream on from the cut.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fmashard.sources import DatasetSpec
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`count` consecutive samples of one shard, starting at sample `first`."""
+
+    url: str
+    first: int
+    count: int
+
+
+def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    if not shuffle:
+        return list(range(num_shards))
+    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(num_shards).tolist()
+
+
+def split_range(total: int, part: int, parts: int, equal: bool) -> tuple[int, int]:
+    if equal:
+        size = total // parts
+        return part * size, (part + 1) * size
+    return part * total // parts, (part + 1) * total // parts
+
+
+def segments_for(spec: DatasetSpec, order: list[int], start: int, stop: int) -> list[Segment]:
+    """The samples [start, stop) of the sequence formed by the shards in `order`."""
+    segments, offset = [], 0
+    for index in order:
+        shard = spec.shards[index]
+        lo, hi = max(start, offset), min(stop, offset + shard.num_samples)
+        if lo < hi:
+            segments.append(Segment(shard.url, lo - offset, hi - lo))
+        offset += shard.num_samples
+        if offset >= stop:
+            break
+    return segments
+
+
+@dataclass
+class BatchPlan:
+    """For each ordinal of a worker's sample sequence: its pending buffer and slot; the batches in
+    emission order.  Full batches are a whole buffer; tail batches gather (buffer, slot) pairs."""
+
+    buffer_of: np.ndarray
+    slot_of: np.ndarray
+    full: list[tuple[int, int, int]] = field(default_factory=list)  # (buffer, ready ordinal, size)
+    tail: list[list[tuple[int, int]]] = field(default_factory=list)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.full) + len(self.tail)
+
+    def cut_ordinal(self, done: int) -> int:
+        """Last ordinal that had arrived when `done` batches had been emitted."""
+        if done == 0:
+            return -1
+        if done <= len(self.full):
+            return self.full[done - 1][1]
+        return len(self.buffer_of) - 1
+
+
+def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Generator,
+                    drop_last: bool) -> BatchPlan:
+    buffer_of = np.empty(n, dtype=np.int64)
+    slot_of = np.empty(n, dtype=np.int64)
+    plan = BatchPlan(buffer_of, slot_of)
+    pending = list(range(buffers))          # buffer ids, in creation order
+    fill = [0] * buffers
+    next_id = buffers
+    draws = rng.random(n)
+    for s in range(n):
+        free = [batch_size - f for f in fill]
+        cum = np.cumsum(free).tolist()
+        j = bisect.bisect_right(cum, draws[s] * cum[-1])
+        j = min(j, len(pending) - 1)
+        buffer_of[s], slot_of[s] = pending[j], fill[j]
+        fill[j] += 1
+        if fill[j] == batch_size:
+            plan.full.append((pending[j], s, batch_size))
+            pending[j], fill[j] = next_id, 0
+            next_id += 1
+    leftovers = [(b, k) for b, f in sorted(zip(pending, fill)) for k in range(f)]
+    for i in range(0, len(leftovers), batch_size):
+        chunk = leftovers[i:i + batch_size]
+        if len(chunk) == batch_size or not drop_last:
+            plan.tail.append(chunk)
+    return plan
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    segments: tuple[Segment, ...]
+    batches: BatchPlan
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.batches.buffer_of)
+
+    def locate(self, ordinal: int) -> tuple[Segment, int]:
+        """(segment, sample index within its shard) of an ordinal."""
+        for seg in self.segments:
+            if ordinal < seg.count:
+                return seg, seg.first + ordinal
+            ordinal -= seg.count
+        raise IndexError(ordinal)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    batch_size: int = 8
+    shuffle: bool = True
+    shuffle_buffer: int = 64
+    seed: int = 0
+    drop_last: bool = False
+    equal_ranks: bool = True
+
+
+def worker_plan(spec: DatasetSpec, cfg: PlanConfig, epoch: int, rank: int, world: int,
+                worker: int, num_workers: int) -> WorkerPlan:
+    order = shard_order(len(spec.shards), cfg.seed, epoch, cfg.shuffle)
+    r_lo, r_hi = split_range(spec.num_samples, rank, world, cfg.equal_ranks)
+    w_lo, w_hi = split_range(r_hi - r_lo, worker, num_workers, False)
+    segments = segments_for(spec, order, r_lo + w_lo, r_lo + w_hi)
+    n = w_hi - w_lo
+    buffers = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1
+    rng = np.random.default_rng([cfg.seed, epoch, rank, world, worker, num_workers])
+    return WorkerPlan(tuple(segments), make_batch_plan(n, cfg.batch_size, buffers, rng, cfg.drop_last))
+
+
+def round_robin(counts: list[int], done: int) -> tuple[list[int], int]:
+    """A DataLoader takes one batch from each live worker in turn.  After `done` batches: how many
+    each worker had delivered, and which worker is next (a resumed DataLoader starts its cycle at
+    its worker 0, so the caller rotates worker ids by that amount)."""
+    taken, nxt = [0] * len(counts), 0
+    while done > 0 and any(t < c for t, c in zip(taken, counts)):
+        if taken[nxt] < counts[nxt]:
+            taken[nxt] += 1
+            done -= 1
+        nxt = (nxt + 1) % len(counts)
+    return taken, nxt

@@ -1,0 +1,377 @@
+"""Source stage: storage chosen by URL scheme behind one small interface.
+
+    local path / file://   -> unbuffered file, seek to the start offset
+    http:// https://       -> streaming GET with a Range header
+    s3://bucket/key        -> boto3 GetObject with Range (endpoint from AWS_ENDPOINT_URL)
+    pipe:cmd               -> only with allow_pipe=True: a manifest must never run a command
+
+Every stream is a `ReadStream`: `readinto` that, on a transient error (connection reset, timeout,
+5xx), reopens the object at the byte offset it had reached (a Range request) with exponential backoff
+and jitter, so a retried read never loses or repeats a byte.  After the last retry it raises a
+`StorageError` naming the URL.  Not-found and permission errors are never retried.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from fmashard.errors import AuthError, NotFoundError, StorageError, log
+
+REMOTE_SCHEMES = ("http", "https", "s3")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = int(os.environ.get("FMASHARD_RETRIES", "6"))
+    backoff: float = float(os.environ.get("FMASHARD_BACKOFF", "0.5"))
+    max_backoff: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.max_backoff, self.backoff * 2**attempt)
+        return base * (0.5 + random.random() / 2)  # jitter: spread retries of many workers
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class TransientError(Exception):
+    """A failure worth retrying (connection reset, timeout, 5xx, early end of body)."""
+
+
+def scheme_of(url: str) -> str:
+    if url.startswith("pipe:"):
+        return "pipe"
+    parsed = urlparse(str(url))
+    return parsed.scheme if parsed.scheme in ("file", *REMOTE_SCHEMES) else "local"
+
+
+def is_remote(url: str) -> bool:
+    return scheme_of(str(url)) in REMOTE_SCHEMES
+
+
+def local_path(url: str) -> Path:
+    url = str(url)
+    return Path(urlparse(url).path) if url.startswith("file://") else Path(url)
+
+
+def join_url(base: str, *parts: str) -> str:
+    base = str(base)
+    if scheme_of(base) == "local":
+        return str(Path(base).joinpath(*parts))
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def parent_url(url: str) -> str:
+    url = str(url)
+    if scheme_of(url) == "local":
+        return str(Path(url).parent)
+    return url.rsplit("/", 1)[0]
+
+
+# ---------------------------------------------------------------- s3 client (lazy, per process)
+_s3 = threading.local()
+
+
+def s3_client():
+    """One boto3 client per process and thread; endpoint from AWS_ENDPOINT_URL (boto3 reads it)."""
+    pid = os.getpid()
+    if getattr(_s3, "pid", None) != pid:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
+                        read_timeout=30, s3={"addressing_style": "path"})
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+        _s3.client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+        _s3.pid = pid
+    return _s3.client
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_error(url: str, exc: Exception) -> Exception:
+    """Rewrite a botocore error into one a user can act on (never echoing credentials)."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return AuthError(url, "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
+            what = "bucket does not exist" if code == "NoSuchBucket" else "not found"
+            return NotFoundError(url, what)
+        if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403") or status == 403:
+            return AuthError(url, f"access denied ({code or status}): check the AWS credentials")
+        if status >= 500 or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+            return TransientError(f"{code} {status}")
+        return StorageError(url, f"S3 error {code or status}")
+    return TransientError(f"{type(exc).__name__}: {exc}")
+
+
+def _s3_call(url: str, fn):
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn()
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(url, exc) from None
+    except (ConnectionError, OSError) as exc:
+        raise TransientError(f"{type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------- opening a byte range
+def _open_local(url: str, start: int, end: int | None):
+    path = local_path(url)
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise NotFoundError(url, "no such file") from None
+    except PermissionError:
+        raise AuthError(url, "permission denied") from None
+    except IsADirectoryError:
+        raise StorageError(url, "is a folder, expected a file") from None
+    if start:
+        f.seek(start)
+    return f, os.fstat(f.fileno()).st_size
+
+
+def _open_http(url: str, start: int, end: int | None):
+    headers = {}
+    if start or end is not None:
+        headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise NotFoundError(url, "not found (HTTP 404)") from None
+        if exc.code in (401, 403):
+            raise AuthError(url, f"access denied (HTTP {exc.code})") from None
+        if exc.code >= 500:
+            raise TransientError(f"HTTP {exc.code}") from None
+        raise StorageError(url, f"HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TransientError(f"{type(exc).__name__}: {exc}") from None
+    if start and resp.status != 206:
+        resp.close()
+        raise StorageError(url, "server ignored the Range request (needs HTTP range support)")
+    total = _total_size(resp.headers.get("Content-Range"), resp.headers.get("Content-Length"), start)
+    return resp, total
+
+
+def _total_size(content_range, content_length, start: int):
+    if content_range and "/" in content_range and not content_range.endswith("/*"):
+        return int(content_range.rsplit("/", 1)[1])
+    return start + int(content_length) if content_length is not None else None
+
+
+def _open_s3(url: str, start: int, end: int | None):
+    bucket, key = split_s3(url)
+    kwargs = {"Bucket": bucket, "Key": key}
+    if start or end is not None:
+        kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+    resp = _s3_call(url, lambda: s3_client().get_object(**kwargs))
+    total = _total_size(resp.get("ContentRange"), resp.get("ContentLength"), start)
+    return resp["Body"]._raw_stream, total  # urllib3 response: supports readinto, checks length
+
+
+def _open_pipe(url: str, start: int, end: int | None):
+    proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)  # noqa: S602
+    if start:
+        raise StorageError(url, "pipe: sources cannot start mid-stream")
+    return proc.stdout, None
+
+
+OPENERS = {"local": _open_local, "file": _open_local, "http": _open_http, "https": _open_http,
+           "s3": _open_s3, "pipe": _open_pipe}
+
+
+class ReadStream:
+    """A byte stream over [start, end) of one object that survives transient errors."""
+
+    def __init__(self, url: str, start: int = 0, end: int | None = None, *,
+                 retry: RetryPolicy = DEFAULT_RETRY, allow_pipe: bool = False):
+        self.url, self.pos, self.end, self.retry = str(url), start, end, retry
+        self.scheme = scheme_of(self.url)
+        if self.scheme == "pipe" and not allow_pipe:
+            raise StorageError(self.url, "pipe: URLs run a shell command; pass --allow-pipe to permit them")
+        self.retries_used = 0
+        self._raw, self.total = self._with_retries(lambda: OPENERS[self.scheme](self.url, self.pos, self.end))
+
+    def _with_retries(self, fn):
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                return fn()
+            except TransientError as exc:
+                if attempt == self.retry.attempts:
+                    raise StorageError(self.url, f"failed after {attempt} retries at byte {self.pos}: {exc}") from None
+                self.retries_used += 1
+                log.warning("%s: %s; retry %d at byte %d", self.url, exc, attempt + 1, self.pos)
+                time.sleep(self.retry.delay(attempt))
+
+    def _reopen(self):
+        self._close_raw()
+        self._raw, _ = OPENERS[self.scheme](self.url, self.pos, self.end)
+
+    def readinto(self, buf) -> int:
+        """Read up to len(buf) bytes; 0 only at the true end of the range."""
+        mv = memoryview(buf).cast("B")
+        if self.end is not None:
+            mv = mv[: max(0, self.end - self.pos)]
+        if not len(mv):
+            return 0
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                n = self._raw.readinto(mv)
+                if n == 0 and self.total is not None and self.pos < min(self.total, self.end or self.total):
+                    raise TransientError("connection closed before the end of the object")
+                self.pos += n
+                return n
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if self.scheme in ("local", "file", "pipe") or isinstance(exc, StorageError):
+                    raise
+                if attempt == self.retry.attempts:
+                    raise StorageError(self.url, f"read failed after {attempt} retries at byte {self.pos}: "
+                                                 f"{type(exc).__name__}") from None
+                self.retries_used += 1
+                log.warning("%s: %s at byte %d; reopening (retry %d)", self.url, type(exc).__name__,
+                            self.pos, attempt + 1)
+                time.sleep(self.retry.delay(attempt))
+                try:
+                    self._reopen()
+                except TransientError:
+                    continue
+
+    def read_exact_into(self, buf) -> int:
+        """Fill buf completely unless the range ends first; returns the bytes read."""
+        mv, got = memoryview(buf).cast("B"), 0
+        while got < len(mv):
+            n = self.readinto(mv[got:])
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            chunks = []
+            while chunk := self.read(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        buf = bytearray(n)
+        got = self.read_exact_into(buf)
+        return bytes(buf[:got])
+
+    def skip(self, n: int) -> int:
+        """Advance n bytes: a seek for local files, a read-and-discard otherwise."""
+        if self.scheme in ("local", "file"):
+            self._raw.seek(n, os.SEEK_CUR)
+            self.pos += n
+            return n
+        scratch, done = bytearray(min(n, 1 << 20)), 0
+        while done < n:
+            got = self.read_exact_into(memoryview(scratch)[: min(len(scratch), n - done)])
+            if not got:
+                break
+            done += got
+        return done
+
+    def _close_raw(self):
+        try:
+            self._raw.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; nothing to do
+            pass
+
+    def close(self):
+        self._close_raw()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_stream(url: str, start: int = 0, end: int | None = None, **kwargs) -> ReadStream:
+    return ReadStream(url, start, end, **kwargs)
+
+
+def read_bytes(url: str, **kwargs) -> bytes:
+    with open_stream(url, **kwargs) as stream:
+        return stream.read()
+
+
+def object_size(url: str) -> int:
+    url = str(url)
+    scheme = scheme_of(url)
+    if scheme in ("local", "file"):
+        try:
+            return local_path(url).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(url, "no such file") from None
+    if scheme == "s3":
+        bucket, key = split_s3(url)
+        return int(_s3_call(url, lambda: s3_client().head_object(Bucket=bucket, Key=key))["ContentLength"])
+    with open_stream(url) as stream:
+        return stream.total
+
+
+def exists(url: str) -> bool:
+    try:
+        object_size(url)
+        return True
+    except NotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------- writing (build output)
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Local: write to a temporary name, fsync, rename.  S3: PutObject is atomic by itself."""
+    url = str(url)
+    if scheme_of(url) == "s3":
+        bucket, key = split_s3(url)
+        _s3_call(url, lambda: s3_client().put_object(Bucket=bucket, Key=key, Body=data))
+        return
+    if is_remote(url):
+        raise StorageError(url, "writing is supported to local folders and s3:// only")
+    path = local_path(url)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(url, f"cannot write ({exc.strerror or exc})") from None
+
+
+def upload_file(local: str | Path, url: str) -> None:
+    """Copy a finished local file to its destination URL (multipart upload for large files on S3)."""
+    url = str(url)
+    if scheme_of(url) != "s3":
+        raise StorageError(url, "upload_file expects an s3:// URL")
+    bucket, key = split_s3(url)
+    _s3_call(url, lambda: s3_client().upload_file(str(local), bucket, key))
+
+
+def delete(url: str) -> None:
+    url = str(url)
+    if scheme_of(url) == "s3":
+        bucket, key = split_s3(url)
+        _s3_call(url, lambda: s3_client().delete_object(Bucket=bucket, Key=key))
+    else:
+        local_path(url).unlink(missing_ok=True)

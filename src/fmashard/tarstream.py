@@ -1,0 +1,156 @@
+"""Tar stream stage: parse fmashard records and put each sample's audio straight where it belongs.
+
+A record is `{key}.cls`, `{key}.json`, `{key}.pcm` (or `.f16`), grouped by key as webdataset does.  The
+audio member is read with `readinto` directly into the caller's slot (a row of a batch buffer): no
+intermediate bytes object, no decoding on the host.  Every problem is a typed error naming the shard
+URL and the sample key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, TruncatedShardError
+
+BLOCK = 512
+AUDIO_EXTS = {"pcm": "pcm16", "f16": "f16"}
+
+
+def padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+@dataclass
+class Header:
+    key: str
+    ext: str
+    size: int
+
+
+def parse_header(block, url: str, last_key: str | None) -> Header | None:
+    """Parse a 512-byte USTAR header; None at the end-of-archive zero block."""
+    block = bytes(block)
+    if block.count(0) == BLOCK:
+        return None
+    stored = block[148:156].split(b"\0", 1)[0].strip()
+    try:
+        checksum_ok = int(stored or b"-1", 8) == sum(block[:148]) + 256 + sum(block[156:])
+        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        checksum_ok, size = False, -1
+    if not checksum_ok:
+        raise DamagedHeaderError(url, last_key, "damaged tar header (checksum mismatch)")
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+    name = f"{prefix}/{name}" if prefix else name
+    base = name.rsplit("/", 1)[-1]
+    key, _, ext = base.partition(".")
+    return Header(name[: len(name) - len(base)] + key, ext, size)
+
+
+@dataclass
+class Sample:
+    key: str
+    label: int
+    audio_read: bool
+
+
+class RecordReader:
+    """Reads consecutive samples from one shard stream (positioned at a record boundary)."""
+
+    def __init__(self, stream, url: str, sample_bytes: int, audio_ext: str):
+        self.stream, self.url = stream, url
+        self.sample_bytes, self.audio_ext = sample_bytes, audio_ext
+        self._hdr = bytearray(BLOCK)
+        self._pending: Header | None = None
+        self._eof = False
+
+    def _next_header(self, last_key):
+        if self._pending is not None:
+            hdr, self._pending = self._pending, None
+            return hdr
+        if self._eof:
+            return None
+        got = self.stream.read_exact_into(self._hdr)
+        if got == 0:
+            self._eof = True
+            return None
+        if got < BLOCK:
+            raise TruncatedShardError(self.url, last_key, "shard ends inside a tar header (truncated)")
+        hdr = parse_header(self._hdr, self.url, last_key)
+        if hdr is None:
+            self._eof = True
+        return hdr
+
+    def _read_member(self, hdr: Header, into=None) -> bytes | None:
+        """Read one member's data (into `into` if given) and skip its padding."""
+        if into is not None:
+            got = self.stream.read_exact_into(into)
+            data = None
+        else:
+            data = self.stream.read(hdr.size) if hdr.size <= 4096 else None
+            got = len(data) if data is not None else self.stream.skip(hdr.size)
+        if got < hdr.size:
+            raise TruncatedShardError(self.url, hdr.key, f"shard ends inside {hdr.key}.{hdr.ext} (truncated)")
+        pad = padded(hdr.size) - hdr.size
+        if pad and self.stream.skip(pad) < pad:
+            raise TruncatedShardError(self.url, hdr.key, "shard ends inside tar padding (truncated)")
+        return data
+
+    def read_sample(self, slot) -> Sample | None:
+        """Read the next sample; its audio goes into `slot` (a writable buffer of sample_bytes).
+
+        Returns None at the end of the shard.  A damaged sample raises a `DataError` after its
+        members were consumed, so the caller may skip it and call again."""
+        first = self._next_header(None)
+        if first is None:
+            return None
+        key, label, audio_read, members = first.key, None, False, []
+        hdr = first
+        while hdr is not None and hdr.key == key:
+            members.append(hdr.ext)
+            if hdr.ext == self.audio_ext and hdr.size == self.sample_bytes and slot is not None:
+                self._read_member(hdr, into=slot)
+                audio_read = True
+            elif hdr.ext == "cls":
+                label = self._parse_label(self._read_member(hdr), key)
+            else:
+                self._read_member(hdr)
+            hdr = self._next_header(key)
+        self._pending = hdr
+        return self._check(key, label, audio_read, members)
+
+    def _parse_label(self, data, key):
+        try:
+            return int(data.decode("ascii").strip())
+        except (AttributeError, UnicodeDecodeError, ValueError):
+            raise CorruptSampleError(self.url, key, "label (.cls) is not an integer") from None
+
+    def _check(self, key, label, audio_read, members) -> Sample:
+        if self.audio_ext not in members:
+            raise CorruptSampleError(self.url, key, f"sample has no .{self.audio_ext} member")
+        if not audio_read:
+            raise CorruptSampleError(self.url, key, f".{self.audio_ext} has the wrong size "
+                                                    f"(expected {self.sample_bytes} bytes)")
+        if label is None:
+            raise CorruptSampleError(self.url, key, "sample has no .cls label")
+        return Sample(key, label, audio_read)
+
+
+def probe_layout(stream, url: str) -> tuple[int, int, str]:
+    """Read the first record's headers: (record_bytes, clip_samples, codec)."""
+    hdr_buf, total, audio = bytearray(BLOCK), 0, None
+    key = None
+    while True:
+        if stream.read_exact_into(hdr_buf) < BLOCK:
+            break
+        hdr = parse_header(hdr_buf, url, key)
+        if hdr is None or (key is not None and hdr.key != key):
+            break
+        key = hdr.key
+        total += BLOCK + padded(hdr.size)
+        if hdr.ext in AUDIO_EXTS:
+            audio = (hdr.ext, hdr.size)
+        stream.skip(padded(hdr.size))
+    if audio is None:
+        raise DataError(url, key, "first sample has no .pcm or .f16 member: not an fmashard shard")
+    return total, audio[1] // 2, AUDIO_EXTS[audio[0]]

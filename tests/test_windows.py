@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from fmashard.windows import WindowSpec, decode, make_windows, normalize_tracks
+
+
+def pcm(batch, length, seed=0):
+    return torch.randint(-32768, 32767, (batch, length), dtype=torch.int16,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_notebook_defaults():
+    spec = WindowSpec()
+    assert (spec.window, spec.hop, spec.count) == (110_250, 82_688, 7)  # 110250 - int(0.25 * 110250)
+    assert spec.span() <= 661_500
+
+
+def test_decode_scales_int16_to_unit_range():
+    x = torch.tensor([[-32768, 0, 16384, 32767]], dtype=torch.int16)
+    assert decode(x).tolist() == [[-1.0, 0.0, 0.5, 32767 / 32768]]
+    assert decode(x.to(torch.float16)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("batch,length,window,overlap,count", [
+    (1, 661_500, 110_250, 0.25, 7), (3, 5_000, 1_000, 0.5, 9), (2, 4_000, 4_000, 0.0, 1)])
+def test_windows_equal_slicing_the_waveform(batch, length, window, overlap, count):
+    audio, labels = pcm(batch, length), torch.arange(batch)
+    spec = WindowSpec(window=window, overlap=overlap, count=count)
+    windows, wlabels, wids = make_windows(audio, labels, spec, track_ids=labels + 100)
+    assert windows.shape == (batch * count, 1, window) and windows.dtype == torch.float32
+    for b in range(batch):
+        for w in range(count):
+            expected = audio[b, w * spec.hop: w * spec.hop + window].float() / 32768
+            assert torch.equal(windows[b * count + w, 0], expected)
+    assert wlabels.tolist() == [b for b in range(batch) for _ in range(count)]
+    assert wids.tolist() == [b + 100 for b in range(batch) for _ in range(count)]
+
+
+def test_random_crop_is_seeded_and_slices_real_windows():
+    audio = pcm(2, 3_000)
+    spec = WindowSpec(window=500, count=4, random_crop=True)
+    w1, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7))
+    w2, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7))
+    w3, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(8))
+    assert torch.equal(w1, w2) and not torch.equal(w1, w3)
+    flat = audio.float() / 32768
+    for i, win in enumerate(w1[:, 0]):
+        row = flat[i // 4]
+        starts = [s for s in range(3_000 - 500 + 1) if torch.equal(row[s:s + 500], win)]
+        assert starts, f"window {i} is not a slice of its track"
+
+
+def test_too_short_clip_is_refused():
+    with pytest.raises(ValueError, match="shorter"):
+        make_windows(pcm(1, 1000), torch.zeros(1), WindowSpec(window=600, overlap=0.0, count=2))
+
+
+def test_normalize_tracks_zero_mean_unit_std():
+    windows, _ = make_windows(pcm(2, 4_000), torch.zeros(2), WindowSpec(window=1_000, overlap=0.0, count=4))
+    normed = normalize_tracks(windows, 4).reshape(2, -1)
+    assert torch.allclose(normed.mean(1), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(normed.std(1), torch.ones(2), atol=1e-3)
