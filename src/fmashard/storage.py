@@ -276,6 +276,8 @@ class ReadStream:
     def skip(self, n: int) -> int:
         """Advance n bytes: a seek for local files, a read-and-discard otherwise."""
         if self.scheme in ("local", "file"):
+            limit = min(x for x in (self.total, self.end) if x is not None)
+            n = max(0, min(n, limit - self.pos))
             self._raw.seek(n, os.SEEK_CUR)
             self.pos += n
             return n

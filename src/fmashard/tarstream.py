@@ -62,7 +62,7 @@ class RecordReader:
         self.sample_bytes, self.audio_ext = sample_bytes, audio_ext
         self._hdr = bytearray(BLOCK)
         self._pending: Header | None = None
-        self._eof = False
+        self._eof = self._end_block = False
 
     def _next_header(self, last_key):
         if self._pending is not None:
@@ -72,13 +72,13 @@ class RecordReader:
             return None
         got = self.stream.read_exact_into(self._hdr)
         if got == 0:
-            self._eof = True
+            self._eof = True   # end of bytes (end of the requested range, or a truncated shard)
             return None
         if got < BLOCK:
             raise TruncatedShardError(self.url, last_key, "shard ends inside a tar header (truncated)")
         hdr = parse_header(self._hdr, self.url, last_key)
         if hdr is None:
-            self._eof = True
+            self._eof, self._end_block = True, True
         return hdr
 
     def _read_member(self, hdr: Header, into=None) -> bytes | None:
@@ -126,6 +126,9 @@ class RecordReader:
             raise CorruptSampleError(self.url, key, "label (.cls) is not an integer") from None
 
     def _check(self, key, label, audio_read, members) -> Sample:
+        complete = audio_read and label is not None
+        if not complete and self._eof and not self._end_block:
+            raise TruncatedShardError(self.url, key, "shard ends inside this sample (truncated)")
         if self.audio_ext not in members:
             raise CorruptSampleError(self.url, key, f"sample has no .{self.audio_ext} member")
         if not audio_read:

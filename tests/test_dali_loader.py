@@ -1,0 +1,207 @@
+"""The DALI backend yields the same windows, labels and track ids as the torch path, on tiny shards."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali", reason="nvidia-dali (extra 'dali') is not installed")
+
+from fmashard import dali_loader  # noqa: E402
+from fmashard.dali_loader import DaliLoader  # noqa: E402
+from fmashard.device import DeviceFeeder  # noqa: E402
+from fmashard.errors import UserError  # noqa: E402
+from fmashard.loader import LoaderConfig, ShardLoader  # noqa: E402
+from fmashard.sources import resolve_source  # noqa: E402
+from fmashard.windows import WindowSpec, make_windows  # noqa: E402
+from shard_tools.tar_writer import ShardWriter, record_bytes  # noqa: E402
+
+pytestmark = pytest.mark.dali
+
+CLIP = 4_000
+WINDOWS = WindowSpec(window=1_000, overlap=0.25, count=3)  # hop 750, span 2,500
+SHARD_SIZES = (3, 3, 2)  # 8 tracks: batch 3 leaves a partial last batch
+CODECS = {"pcm16": ("pcm", np.int16, torch.int16), "f16": ("f16", np.float16, torch.float16)}
+
+
+def make_clip(rng, codec: str) -> np.ndarray:
+    if codec == "pcm16":
+        return rng.integers(-32768, 32768, CLIP, dtype=np.int16)
+    return rng.uniform(-1, 1, CLIP).astype(np.float16)
+
+
+def write_build(out: Path, codec: str = "pcm16") -> dict[int, tuple[int, np.ndarray]]:
+    """Shards + .idx (by the real shard writer) + manifest.json; returns {track_id: (label, clip)}."""
+    ext, np_dtype, _ = CODECS[codec]
+    rng = np.random.default_rng(7)
+    sample_bytes = CLIP * np.dtype(np_dtype).itemsize
+    (out / "training").mkdir(parents=True)
+    tracks, shards, track_id = {}, [], 2
+    for index, size in enumerate(SHARD_SIZES):
+        rel = f"training/training-{index:06d}"
+        writer = ShardWriter(out / f"{rel}.tar", out / f"{rel}.idx", ext, sample_bytes)
+        for _ in range(size):
+            label, clip = (track_id * 5) % 16, make_clip(rng, codec)  # labels 0..15: one and two digits
+            writer.add(f"{track_id:06d}", label, {"track_id": track_id, "label": label}, clip.tobytes())
+            tracks[track_id] = (label, clip)
+            track_id += 3
+        result = writer.commit()
+        shards.append({"path": f"{rel}.tar", "index": f"{rel}.idx", "num_samples": result.num_samples,
+                       "num_bytes": result.num_bytes, "sha256": result.sha256})
+    manifest = {
+        "format": "fmashard", "format_version": 1, "layout": "shards", "params": {"codec": codec},
+        "codec": codec, "dtype": np.dtype(np_dtype).name, "sample_rate": 22050, "clip_samples": CLIP,
+        "sample_bytes": sample_bytes, "record_bytes": record_bytes(sample_bytes),
+        "vocabulary": [f"genre{i}" for i in range(16)],
+        "splits": {"training": {"num_samples": len(tracks), "num_bytes": sum(s["num_bytes"] for s in shards),
+                                "shards": shards}},
+        "totals": {}, "skipped": [],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return tracks
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    return out, write_build(out)
+
+
+def expected_windows(tracks, track_ids, spec: WindowSpec = WINDOWS):
+    """The torch path's decode/window stage over the same tracks."""
+    audio = torch.stack([torch.from_numpy(tracks[t][1]) for t in track_ids])
+    labels = torch.tensor([tracks[t][0] for t in track_ids])
+    return make_windows(audio, labels, spec, track_ids=torch.tensor(track_ids))
+
+
+def collect(loader):
+    batches = list(loader)
+    cat = [torch.cat([getattr(b, name) for b in batches]) for name in ("windows", "labels", "track_ids")]
+    return batches, *cat
+
+
+def per_track(windows, labels, track_ids, count: int = WINDOWS.count) -> dict:
+    return {int(track_ids[i]): (windows[i: i + count], labels[i: i + count], track_ids[i: i + count])
+            for i in range(0, len(track_ids), count)}
+
+
+@pytest.mark.parametrize("codec", ["pcm16", "f16"])
+def test_cpu_pipeline_matches_torch_windows(tmp_path, codec):
+    tracks = write_build(tmp_path, codec)
+    spec = resolve_source(tmp_path, "training")
+    loader = DaliLoader(spec, WINDOWS, batch_size=3)
+    batches, windows, labels, track_ids = collect(loader)
+
+    assert len(batches) == len(loader) == 3
+    assert [b.num_tracks for b in batches] == [3, 3, 2]
+    for b in batches:
+        assert b.windows.shape == (b.num_tracks * 3, 1, 1_000) and b.windows.dtype == torch.float32
+        assert b.labels.dtype == b.track_ids.dtype == torch.int64
+    order = list(tracks)  # shuffle=False: DALI keeps the stored order
+    want = expected_windows(tracks, order)
+    for got, expected in zip((windows, labels, track_ids), want):
+        assert torch.equal(got, expected)
+
+
+def test_same_batches_as_torch_loader(build):
+    out, tracks = build
+    spec = resolve_source(out / "manifest.json", "training")
+    host = ShardLoader(spec, LoaderConfig(batch_size=3, shuffle=False, prefetch=0))
+    torch_path = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS))
+    dali_path = list(DaliLoader(spec, WINDOWS, batch_size=3))
+    assert len(torch_path) == len(dali_path)
+    for a, b in zip(torch_path, dali_path):
+        assert a.num_tracks == b.num_tracks
+        for name in ("windows", "labels", "track_ids"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_shuffle_is_seeded_and_complete(build):
+    out, tracks = build
+    spec = resolve_source(out, "training")
+    runs = [collect(DaliLoader(spec, WINDOWS, batch_size=3, shuffle=True, seed=seed)) for seed in (5, 5)]
+    (_, windows, labels, track_ids), (_, _, _, again) = runs
+    assert sorted(track_ids[:: WINDOWS.count].tolist()) == sorted(tracks)
+    assert torch.equal(track_ids, again)  # same seed, same order
+    want = per_track(*expected_windows(tracks, list(tracks)))
+    for tid, got in per_track(windows, labels, track_ids).items():
+        for g, w in zip(got, want[tid]):
+            assert torch.equal(g, w)
+
+
+def test_two_epochs_and_normalize(build):
+    out, tracks = build
+    spec = WindowSpec(window=1_000, overlap=0.25, count=3, normalize=True)
+    loader = DaliLoader(resolve_source(out, "training"), spec, batch_size=4)
+    first, second = collect(loader)[1:], collect(loader)[1:]
+    want = expected_windows(tracks, list(tracks), spec)
+    for got in (first, second):
+        assert torch.allclose(got[0], want[0], atol=1e-6)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+def test_random_crop_windows_come_from_the_track(build):
+    out, tracks = build
+    spec = WindowSpec(window=1_000, count=3, random_crop=True)
+    _, windows, labels, track_ids = collect(DaliLoader(resolve_source(out, "training"), spec, batch_size=3))
+    assert windows.shape == (len(tracks) * 3, 1, 1_000)
+    for window, label, tid in zip(windows, labels, track_ids.tolist()):
+        clip = torch.from_numpy(tracks[tid][1]).float() / 32768
+        starts = (clip.unfold(0, 1_000, 1) == window[0]).all(dim=1).nonzero()
+        assert len(starts) >= 1 and int(label) == tracks[tid][0]
+
+
+def test_ranks_split_the_samples(build):
+    out, tracks = build
+    spec = resolve_source(out, "training")
+    seen = []
+    for rank in range(3):
+        loader = DaliLoader(spec, WINDOWS, batch_size=2, rank=rank, world_size=3)
+        _, _, _, track_ids = collect(loader)
+        assert len(track_ids) == loader.num_samples() * WINDOWS.count
+        seen += track_ids[:: WINDOWS.count].tolist()
+    assert seen == list(tracks)  # contiguous ranges, in order, no overlap
+
+
+def test_gpu_without_cuda_is_a_user_error(build, monkeypatch):
+    out, _ = build
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError) as err:
+        DaliLoader(resolve_source(out, "training"), WINDOWS, device="gpu")
+    assert str(err.value) == dali_loader.NO_CUDA and "\n" not in str(err.value)
+
+
+def test_missing_index_is_named(tmp_path):
+    write_build(tmp_path)
+    idx = tmp_path / "training" / "training-000001.idx"
+    idx.unlink()
+    with pytest.raises(UserError, match="wds2idx") as err:
+        DaliLoader(resolve_source(tmp_path, "training"), WINDOWS)
+    assert str(idx) in str(err.value) and "rebuild" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_remote_shards_are_a_user_error(build):
+    out, _ = build
+    spec = resolve_source(out, "training")
+    remote = type(spec)(tuple(type(s)("http://example.com/" + Path(s.url).name, s.num_samples) for s in spec.shards),
+                        spec.record_bytes, spec.clip_samples)
+    with pytest.raises(UserError, match="DALI loader needs local shards"):
+        DaliLoader(remote, WINDOWS)
+
+
+def test_dali_missing_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(UserError) as err:
+        dali_loader.import_dali()
+    assert str(err.value) == "DALI is not installed: pip install 'fmashard[dali]' (nvidia-dali-cuda120)"
+
+
+def test_source_info_parsing():
+    assert dali_loader.shard_and_key("/d/x:y/training-000000.tar:2560:000002.pcm") == \
+        ("/d/x:y/training-000000.tar", "000002")
+    assert dali_loader.shard_and_key("/s.tar:9:dir/a.b/000123.pcm") == ("/s.tar", "dir/a.b/000123")
+    assert dali_loader.track_id_of("dir/000123") == 123 and dali_loader.track_id_of("abc") == -1

@@ -1,0 +1,149 @@
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from fmashard.errors import DataError, TruncatedShardError
+from fmashard.loader import LoaderConfig, ShardLoader
+from fmashard.sources import resolve_source
+from synth_shards import write_synthetic_shards
+
+COUNTS = [7, 3, 9, 1, 6, 5]   # uneven, so ranges start and end mid-shard
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    return root, write_synthetic_shards(root, COUNTS)
+
+
+def ids_of(batches):
+    return [tid for b in batches for tid in b.track_ids.tolist()]
+
+
+def test_batches_hold_the_exact_audio_and_labels(shards):
+    root, truth = shards
+    batches = list(ShardLoader(resolve_source(root), LoaderConfig(batch_size=4, prefetch=0)))
+    assert sorted(ids_of(batches)) == sorted(truth)
+    for b in batches:
+        assert b.audio.dtype == torch.int16 and b.audio.is_contiguous()
+        for row, tid, label in zip(b.audio, b.track_ids.tolist(), b.labels.tolist()):
+            assert np.array_equal(row.numpy(), truth[tid][0]) and label == truth[tid][1]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_sample_once_across_workers_and_ranks(shards, workers):
+    root, truth = shards
+    spec, seen, lengths = resolve_source(root), Counter(), []
+    for rank in range(2):
+        loader = ShardLoader(spec, LoaderConfig(batch_size=4, num_workers=workers, rank=rank, world_size=2,
+                                                equal_ranks=False))
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        lengths.append(len(batches))
+        seen.update(ids_of(batches))
+    assert seen == Counter(list(truth)) and lengths[0] == lengths[1]
+
+
+def test_equal_ranks_give_equal_batches_and_drop_only_the_remainder(shards):
+    root, truth = shards
+    spec = resolve_source(root)   # 31 samples over 2 ranks: 15 each, 1 dropped this epoch
+    per_rank = [list(ShardLoader(spec, LoaderConfig(batch_size=4, rank=r, world_size=2, num_workers=2)))
+                for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1])
+    seen = Counter(ids_of(per_rank[0]) + ids_of(per_rank[1]))
+    assert max(seen.values()) == 1 and len(seen) == len(truth) - 1
+
+
+def test_epochs_reshuffle_and_seed_reproduces(shards):
+    spec = resolve_source(shards[0])
+    def order(epoch, seed=0):
+        loader = ShardLoader(spec, LoaderConfig(batch_size=4, seed=seed))
+        loader.set_epoch(epoch)
+        return ids_of(loader)
+    assert order(1) == order(1) and order(1) != order(2) and order(1, seed=5) != order(1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_exactly_the_rest_of_the_epoch(shards, workers):
+    spec = resolve_source(shards[0])
+    cfg = LoaderConfig(batch_size=3, num_workers=workers, shuffle_buffer=9)
+    full_loader = ShardLoader(spec, cfg)
+    full_loader.set_epoch(4)
+    full = [b.track_ids.tolist() for b in full_loader]
+    for cut in (1, 4, len(full) - 1):
+        loader = ShardLoader(spec, cfg)
+        loader.set_epoch(4)
+        it = iter(loader)
+        head = [next(it).track_ids.tolist() for _ in range(cut)]
+        state = loader.state_dict()
+        del it
+        resumed = ShardLoader(spec, cfg)
+        resumed.load_state_dict(state)
+        assert head + [b.track_ids.tolist() for b in resumed] == full
+
+
+def test_resume_refuses_a_different_configuration(shards):
+    spec = resolve_source(shards[0])
+    state = ShardLoader(spec, LoaderConfig(batch_size=3)).state_dict()
+    with pytest.raises(ValueError, match="batch_size"):
+        ShardLoader(spec, LoaderConfig(batch_size=4)).load_state_dict(state)
+
+
+def truncate_copy(root, tmp_path, keep_bytes):
+    import shutil
+    dst = tmp_path / "copy"
+    shutil.copytree(root, dst)
+    shard = dst / "training" / "training-000002.tar"
+    with open(shard, "r+b") as f:
+        f.truncate(keep_bytes)
+    return dst, shard
+
+
+def test_truncated_shard_names_shard_and_skip_mode_counts(shards, tmp_path):
+    root, truth = shards
+    spec0 = resolve_source(root)
+    dst, shard = truncate_copy(root, tmp_path, spec0.record_bytes * 4 + 700)  # cut inside sample 5 of 9
+    spec = resolve_source(dst)
+    with pytest.raises(TruncatedShardError, match=r"training-000002\.tar.*truncated"):
+        list(ShardLoader(spec, LoaderConfig(batch_size=4, shuffle=False)))
+    loader = ShardLoader(spec, LoaderConfig(batch_size=4, shuffle=False, on_error="skip"))
+    got = ids_of(loader)
+    assert len(got) == len(truth) - 5 and len(set(got)) == len(got)
+    assert loader.policy.num_skipped == 5
+
+
+def test_wrong_size_and_missing_member_are_named(tmp_path):
+    from shard_tools.tar_writer import member_header
+    truth = write_synthetic_shards(tmp_path, [3], clip_samples=1000)
+    shard = tmp_path / "training" / "training-000000.tar"
+    data = bytearray(shard.read_bytes())
+    # rename the second sample's .pcm member to .wav: "no .pcm member"
+    rb = resolve_source(tmp_path).record_bytes
+    hdr_at = rb + 2 * 1024
+    name = bytes(data[hdr_at:hdr_at + 100]).split(b"\0")[0].decode()
+    new = member_header(name.replace(".pcm", ".wav"), 2000)
+    data[hdr_at:hdr_at + 512] = new
+    shard.write_bytes(bytes(data))
+    key = name.split(".")[0]
+    with pytest.raises(DataError, match=rf"training-000000\.tar key {key}: sample has no \.pcm"):
+        list(ShardLoader(resolve_source(tmp_path), LoaderConfig(batch_size=2, shuffle=False)))
+    loader = ShardLoader(resolve_source(tmp_path), LoaderConfig(batch_size=2, shuffle=False, on_error="skip"))
+    assert sorted(ids_of(loader)) == sorted(t for t in truth if f"{t:06d}" != key)
+    assert loader.policy.num_skipped == 1
+
+
+def test_folder_without_manifest_and_brace_pattern(shards, tmp_path):
+    root, truth = shards
+    pattern = str(root / "training" / "training-{000000..000005}.tar")
+    spec = resolve_source(pattern)
+    assert spec.num_samples == sum(COUNTS) and spec.record_bytes == resolve_source(root).record_bytes
+    assert sorted(ids_of(ShardLoader(spec, LoaderConfig(batch_size=5)))) == sorted(truth)
+
+
+def test_pipe_urls_need_allow_pipe(shards):
+    from fmashard.errors import UserError
+    with pytest.raises(UserError, match="--allow-pipe"):
+        resolve_source(f"pipe:cat {shards[0]}/training/training-000000.tar")

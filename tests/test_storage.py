@@ -1,0 +1,61 @@
+import pytest
+
+from fmashard import storage
+from fmashard.errors import NotFoundError, StorageError
+from fmashard.loader import LoaderConfig, ShardLoader
+from fmashard.sources import resolve_source
+from http_server import FolderServer
+from synth_shards import write_synthetic_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_synthetic_shards(root, [5, 4, 6], clip_samples=3000)
+    return root
+
+
+def batches(source, **kw):
+    return [(b.track_ids.tolist(), b.audio.clone()) for b in
+            ShardLoader(resolve_source(source), LoaderConfig(batch_size=4, seed=3, **kw))]
+
+
+def same(a, b):
+    return len(a) == len(b) and all(ia == ib and (xa == xb).all() for (ia, xa), (ib, xb) in zip(a, b))
+
+
+def test_http_source_streams_the_same_samples_as_the_folder(shards):
+    local = batches(shards)
+    with FolderServer(shards) as url:
+        assert same(batches(f"{url}/manifest.json"), local)
+        assert same(batches(url), local)  # a folder URL finds its manifest.json
+
+
+def test_a_read_cut_mid_shard_resumes_at_the_byte_it_reached(shards):
+    local = batches(shards, shuffle=False)
+    server = FolderServer(shards)
+    with server as url:
+        server.handler.faults["/training/training-000001.tar"] = [10_000, 7_000]  # two cuts in a row
+        got = batches(f"{url}/manifest.json", shuffle=False)
+        ranges = [r for p, r in server.handler.requests if p == "/training/training-000001.tar"]
+    assert same(got, local)
+    starts = [int(r.split("=")[1].split("-")[0]) for r in ranges if r]
+    assert len(ranges) == 3 and starts[1] >= 10_000 and starts[2] >= starts[1] + 7_000
+
+
+def test_not_found_and_retries_exhausted_name_the_url(shards, monkeypatch):
+    with FolderServer(shards) as url:
+        with pytest.raises(NotFoundError, match=r"/nope\.tar: not found"):
+            storage.open_stream(f"{url}/nope.tar")
+    dead = "http://127.0.0.1:9/training/training-000000.tar"   # discard port: connection refused
+    with pytest.raises(StorageError, match=r"127\.0\.0\.1:9/training/training-000000\.tar: failed after 2"):
+        storage.ReadStream(dead, retry=storage.RetryPolicy(attempts=2, backoff=0.01))
+
+
+def test_local_stream_range_and_skip(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 4)
+    with storage.open_stream(str(path), 10, 20) as s:
+        assert s.read() == bytes(range(10, 20))
+    with storage.open_stream(f"file://{path}", 1000) as s:
+        assert s.skip(100) == 24 and s.read() == b""
