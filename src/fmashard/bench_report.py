@@ -1,0 +1,122 @@
+"""`fmashard bench` output: the terminal table, the JSON record (machine, versions, commit, command)
+and the bar chart."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "numpy", "webdataset", "soundfile", "soxr", "boto3", "nvidia-dali-cuda120")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    import psutil
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": _commit(),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "versions": versions,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def fmt(stat: dict, digits: int = 0) -> str:
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
+
+
+def print_table(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"fmashard bench — {report['results'][0]['tracks']} tracks, "
+                        f"{report['config']['rounds']} rounds after a warm-up, medians (min–max)")
+    for col in ("loader", "workers", "tracks/s", "windows/s", "MB/s", "first batch s", "CPU s/track",
+                "peak RSS MB", "× naive", "× naive-mp3", "share of raw"):
+        table.add_column(col, justify="left" if col == "loader" else "right")
+    for row in report["results"]:
+        ratio = lambda key: f"{row[key]:.2f}" if key in row else "—"  # noqa: E731
+        table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), fmt(row["windows_per_s"]),
+                      fmt(row["mb_per_s"]), fmt(row["first_batch_s"], 3), fmt(row["cpu_s_per_track"], 4),
+                      fmt(row["peak_rss_mb"]), ratio("x_naive"), ratio("x_naive_mp3"),
+                      f"{row['share_of_raw']:.0%}" if "share_of_raw" in row else "—")
+    console.print(table)
+    model = report.get("model")
+    if model:
+        console.print(f"model {model['model']} ({model['precision']}): real data {model['real_windows_per_s']:.1f} "
+                      f"windows/s, synthetic on-device {model['synthetic_windows_per_s']:.1f} windows/s, "
+                      f"ratio {model['ratio']:.1%}")
+    env = report["environment"]
+    console.print(f"machine: {env['machine']['cpu']}, {env['machine']['cores']} cores, "
+                  f"{env['machine']['ram_gb']} GB; commit {env['commit']}; command: {env['command']}")
+
+
+def write_json(report: dict, path: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    labels = [f"{r['loader']}\n{r['workers']}w" for r in rows]
+    medians = [r["tracks_per_s"]["median"] for r in rows]
+    lows = [m - r["tracks_per_s"]["min"] for m, r in zip(medians, rows)]
+    highs = [r["tracks_per_s"]["max"] - m for m, r in zip(medians, rows)]
+    colors = ["#999999" if r["loader"] == "raw" else "#d62728" if r["loader"].startswith("naive") else "#1f77b4"
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
+    ax.bar(labels, medians, yerr=[lows, highs], color=colors, capsize=4)
+    for x, (m, r) in enumerate(zip(medians, rows)):
+        note = f"{r['x_naive']:.1f}× naive" if "x_naive" in r else ""
+        ax.text(x, m, f"{m:.0f}\n{note}", ha="center", va="bottom", fontsize=8)
+    env = report["environment"]["machine"]
+    ax.set_ylabel("tracks / s (median, min–max)")
+    ax.set_title(f"fmashard bench: {rows[0]['tracks']} tracks, {report['config']['rounds']} rounds\n"
+                 f"{env['cpu']}, {env['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,190 @@
+"""The `loader="dali"` backend: NVIDIA DALI reads the shards and cuts the windows, yielding `DeviceBatch`es
+with the same shapes, dtypes and values as the torch path (`ShardLoader` -> `DeviceFeeder`).
+
+    fn.readers.webdataset (local .tar + .idx)
+      -> pcm/f16 (int16/float16), cls (ASCII bytes), source_info ("shard.tar:offset:000002.pcm")
+      -> W fixed-hop slices, stacked -> cast to float32, x 1/32768 for pcm16     [inside DALI, .gpu() on GPU]
+      -> DALIGenericIterator -> (B, W, L) -> (B*W, 1, L); labels and track ids parsed on the host (B per batch)
+
+Random crops and per-track normalisation run on the DALI output with the `fmashard.windows` torch
+functions, so they stay the same code as the torch path.  DALI shuffles with its own reader (a buffer of
+`initial_fill` samples, shard order reshuffled every epoch); it has no exact resume.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from fmashard import storage
+from fmashard.device import DeviceBatch
+from fmashard.errors import CorruptSampleError, UserError
+from fmashard.sources import DatasetSpec
+from fmashard.windows import PCM16_SCALE, WindowSpec, make_windows, normalize_tracks
+
+READER_NAME = "Reader"
+SHUFFLE_BUFFER = 1024
+NOT_INSTALLED = "DALI is not installed: pip install 'fmashard[dali]' (nvidia-dali-cuda120)"
+NO_CUDA = "the DALI GPU pipeline needs CUDA, which is not available here; use device='cpu'"
+
+
+def import_dali():
+    try:
+        import nvidia.dali as dali
+        import nvidia.dali.plugin.pytorch as dali_torch
+    except ImportError:
+        raise UserError(NOT_INSTALLED) from None
+    return dali, dali_torch
+
+
+def index_url(shard_url: str) -> str:
+    """The build writes `{split}-000000.idx` beside `{split}-000000.tar`."""
+    return shard_url[: -len(".tar")] + ".idx" if shard_url.endswith(".tar") else shard_url + ".idx"
+
+
+def local_shards(spec: DatasetSpec) -> tuple[list[str], list[str]]:
+    """(tar paths, idx paths); DALI's reader opens local files only, and every shard needs its index."""
+    tars, indexes = [], []
+    for shard in spec.shards:
+        if storage.scheme_of(shard.url) != "local" and not shard.url.startswith("file://"):
+            raise UserError(f"{shard.url}: the DALI loader needs local shards (download them, or use loader='torch')")
+        tar = storage.local_path(shard.url)
+        idx = Path(index_url(str(tar)))
+        if not idx.is_file():
+            raise UserError(f"{idx}: DALI index missing for {tar.name}; rebuild the shards with `fmashard build` "
+                            f"or run `wds2idx {tar} {idx}`")
+        tars.append(str(tar))
+        indexes.append(str(idx))
+    return tars, indexes
+
+
+def parse_label(raw: torch.Tensor, info: str) -> int:
+    """A zero-padded `.cls` payload (ASCII digits) -> the label index."""
+    text = bytes(raw.tolist()).rstrip(b"\0")
+    if not text.isdigit():
+        raise CorruptSampleError(*shard_and_key(info), f"label {text[:20]!r} is not a label index")
+    return int(text)
+
+
+def shard_and_key(info: str) -> tuple[str, str]:
+    """DALI's source_info `"/x/training-000000.tar:2560:000002.pcm"` -> (shard path, key)."""
+    shard, _offset, name = info.rsplit(":", 2)
+    last = name.rsplit("/", 1)[-1]
+    return shard, name[: len(name) - len(last)] + last.split(".", 1)[0]
+
+
+def track_id_of(key: str) -> int:
+    """The same rule as the torch path: the key's last path component as an integer, else -1."""
+    try:
+        return int(key.rsplit("/", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def decode_text(padded: torch.Tensor) -> list[str]:
+    """(B, n) zero-padded uint8 rows -> B strings."""
+    return [bytes(row.tolist()).rstrip(b"\0").decode("utf-8", "replace") for row in padded]
+
+
+class DaliLoader:
+    """Iterable of `DeviceBatch`es for one split, read and windowed by a DALI pipeline.
+
+    for epoch in range(epochs):
+        for batch in loader: ...        # one epoch per loop; the last batch may be partial
+
+    `rank`/`world_size` split the samples into contiguous ranges (DALI's `shard_id`/`num_shards`)."""
+
+    def __init__(self, spec: DatasetSpec, window_spec: WindowSpec = WindowSpec(), batch_size: int = 8,
+                 device: str = "cpu", shuffle: bool = False, seed: int = 0, num_threads: int = 2,
+                 rank: int = 0, world_size: int = 1):
+        if device not in ("cpu", "gpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        if batch_size < 1 or num_threads < 1:
+            raise ValueError(f"batch_size and num_threads must be >= 1, got {batch_size}, {num_threads}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        length = spec.clip_samples
+        if length < window_spec.window or (length < window_spec.span() and not window_spec.random_crop):
+            need = window_spec.window if window_spec.random_crop else window_spec.span()
+            raise ValueError(f"clips of {length} samples are shorter than {window_spec.count} windows need ({need})")
+        self.dali, self.dali_torch = import_dali()
+        self.gpu = device != "cpu"
+        if self.gpu and not torch.cuda.is_available():
+            raise UserError(NO_CUDA)
+        self.paths, self.index_paths = local_shards(spec)
+        self.spec, self.window_spec = spec, window_spec
+        self.batch_size, self.shuffle, self.seed, self.num_threads = batch_size, shuffle, seed, num_threads
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
+        self.epoch, self._iterator = 0, None
+
+    def num_samples(self) -> int:
+        """Samples this rank reads per epoch (DALI splits `[0, N)` into `world_size` contiguous ranges)."""
+        total = self.spec.num_samples
+        return total * (self.rank + 1) // self.world_size - total * self.rank // self.world_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples() / self.batch_size)
+
+    def _pipeline(self):
+        dali, fn, types = self.dali, self.dali.fn, self.dali.types
+        spec, ws = self.spec, self.window_spec
+        audio_type = types.INT16 if spec.dtype == "int16" else types.FLOAT16
+        shard_shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": self.seed} if self.shuffle else {}
+
+        # pad_last_batch: the reader pads a partial last batch (the iterator trims it) and starts the next
+        # epoch afresh; without it the reader runs on into the next epoch, which then starts shifted
+        # (unshuffled) or repeats and loses samples (shuffled).
+        @dali.pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads,
+                           device_id=self.device.index if self.gpu else None, seed=self.seed)
+        def windows_pipeline():
+            audio, cls = fn.readers.webdataset(
+                paths=self.paths, index_paths=self.index_paths, ext=[spec.audio_ext, "cls"],
+                dtypes=[audio_type, types.UINT8], missing_component_behavior="error",
+                random_shuffle=self.shuffle, initial_fill=min(SHUFFLE_BUFFER, max(1, spec.num_samples)),
+                shard_id=self.rank, num_shards=self.world_size, pad_last_batch=True, seed=self.seed,
+                name=READER_NAME, **shard_shuffle)
+            info = fn.pad(fn.get_property(audio, key="source_info"), fill_value=0)
+            if self.gpu:
+                audio = audio.gpu()
+            if ws.random_crop:  # whole clip out; the crops are drawn by fmashard.windows
+                clips = audio
+            else:  # (W, L): W fixed-hop slices of the raw samples
+                clips = fn.stack(*[audio[k * ws.hop: k * ws.hop + ws.window] for k in range(ws.count)])
+            clips = fn.cast(clips, dtype=types.FLOAT)
+            if spec.dtype == "int16":
+                clips = clips * PCM16_SCALE
+            return clips, fn.pad(cls, fill_value=0), info
+
+        return windows_pipeline()
+
+    def _dali_iterator(self):
+        if self._iterator is None:
+            plugin = self.dali_torch
+            self._iterator = plugin.DALIGenericIterator(
+                [self._pipeline()], ["audio", "cls", "info"], reader_name=READER_NAME, auto_reset=True,
+                last_batch_policy=plugin.LastBatchPolicy.PARTIAL)
+        return self._iterator
+
+    def _device_batch(self, out: dict, index: int) -> DeviceBatch:
+        infos = decode_text(out["info"])
+        labels = torch.tensor([parse_label(raw, info) for raw, info in zip(out["cls"], infos)], dtype=torch.int64)
+        track_ids = torch.tensor([track_id_of(shard_and_key(info)[1]) for info in infos], dtype=torch.int64)
+        labels, track_ids = labels.to(self.device), track_ids.to(self.device)
+        audio, ws, count = out["audio"], self.window_spec, len(infos)
+        if ws.random_crop:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
+            windows, labels, track_ids = make_windows(audio, labels, ws, generator, track_ids)
+        else:
+            windows = audio.reshape(count * ws.count, ws.window)
+            if ws.normalize:
+                windows = normalize_tracks(windows, ws.count)
+            windows = windows.unsqueeze(1)
+            labels, track_ids = labels.repeat_interleave(ws.count), track_ids.repeat_interleave(ws.count)
+        return DeviceBatch(windows, labels, track_ids, count)
+
+    def __iter__(self):
+        for index, (out,) in enumerate(self._dali_iterator()):
+            yield self._device_batch(out, index)
+        self.epoch += 1
