@@ -69,6 +69,7 @@ class Run:
     first_batch: float
     cpu_seconds: float
     peak_rss: int
+    rss_added: int
 
 
 @dataclass
@@ -79,10 +80,11 @@ class LoaderResult:
 
 
 class RssSampler:
-    """Peak RSS of this process and its children (DataLoader workers), sampled every 10 ms."""
+    """Peak RSS of this process and its children (DataLoader workers), sampled every 10 ms;
+    `added` is the peak above the RSS at the start (what the loader itself holds)."""
 
     def __init__(self):
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.proc, self.peak, self.start, self._stop = psutil.Process(), 0, 0, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self):
@@ -98,8 +100,13 @@ class RssSampler:
         while not self._stop.wait(0.01):
             self._sample()
 
+    @property
+    def added(self) -> int:
+        return max(0, self.peak - self.start)
+
     def __enter__(self):
         self._sample()
+        self.start = self.peak
         self.thread.start()
         return self
 
@@ -127,7 +134,8 @@ def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> Run
                 break
         del it  # shuts down DataLoader workers, so their CPU time is counted
         seconds = time.perf_counter() - start
-    return Run(tracks, tracks * bytes_per_track, seconds, first or seconds, cpu_seconds() - cpu0, rss.peak)
+    return Run(tracks, tracks * bytes_per_track, seconds, first or seconds, cpu_seconds() - cpu0, rss.peak,
+               rss.added)
 
 
 def median_min_max(values):
@@ -145,6 +153,7 @@ def summarize(result: LoaderResult, windows_per_track: int) -> dict:
         "first_batch_s": median_min_max([r.first_batch for r in runs]),
         "cpu_s_per_track": median_min_max([r.cpu_seconds / max(1, r.tracks) for r in runs]),
         "peak_rss_mb": median_min_max([r.peak_rss / 2**20 for r in runs]),
+        "rss_added_mb": median_min_max([r.rss_added / 2**20 for r in runs]),
     }
 
 

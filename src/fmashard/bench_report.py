@@ -63,17 +63,18 @@ def print_table(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=max(150, Console().width))
     table = Table(title=f"fmashard bench — {report['results'][0]['tracks']} tracks, "
-                        f"{report['config']['rounds']} rounds after a warm-up, medians (min–max)")
-    for col in ("loader", "workers", "tracks/s", "windows/s", "MB/s", "first batch s", "CPU s/track",
-                "peak RSS MB", "× naive", "× naive-mp3", "share of raw"):
+                        f"{report['config']['rounds']} rounds after a warm-up; medians (tracks/s: min–max)")
+    for col in ("loader", "workers", "tracks/s", "windows/s", "MB/s", "1st batch s", "CPU ms/track",
+                "RSS added MB", "× naive", "× naive-mp3", "of raw"):
         table.add_column(col, justify="left" if col == "loader" else "right")
     for row in report["results"]:
         ratio = lambda key: f"{row[key]:.2f}" if key in row else "—"  # noqa: E731
-        table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), fmt(row["windows_per_s"]),
-                      fmt(row["mb_per_s"]), fmt(row["first_batch_s"], 3), fmt(row["cpu_s_per_track"], 4),
-                      fmt(row["peak_rss_mb"]), ratio("x_naive"), ratio("x_naive_mp3"),
+        med = lambda key, d=0: f"{row[key]['median']:.{d}f}"  # noqa: E731
+        table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), med("windows_per_s"),
+                      med("mb_per_s"), med("first_batch_s", 3), f"{row['cpu_s_per_track']['median'] * 1e3:.1f}",
+                      med("rss_added_mb"), ratio("x_naive"), ratio("x_naive_mp3"),
                       f"{row['share_of_raw']:.0%}" if "share_of_raw" in row else "—")
     console.print(table)
     model = report.get("model")
