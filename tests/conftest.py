@@ -1,0 +1,54 @@
+"""Session fixtures: a small demo corpus in FMA's layout, and the real FMA clip beside the repo."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_MP3 = REPO_ROOT.parent / "shared" / "fixtures" / "fma_small" / "000" / "000002.mp3"
+
+
+@pytest.fixture(scope="session")
+def demo_summary(tmp_path_factory):
+    """The DemoSummary of a 4-genre x 10-track demo corpus, written once per session."""
+    from shard_tools.demo_corpus import make_demo_corpus
+
+    return make_demo_corpus(tmp_path_factory.mktemp("demo-fma"), genres=4, tracks_per_genre=10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(demo_summary) -> Path:
+    """The demo corpus folder: fma_metadata/tracks.csv, genres.csv, fma_small/XXX/XXXXXX.mp3."""
+    return demo_summary.out_dir
+
+
+@pytest.fixture(scope="session")
+def fixture_mp3() -> Path:
+    """Track 2 of the real fma_small (../shared/fixtures beside the repo root)."""
+    if not FIXTURE_MP3.is_file():
+        pytest.skip(f"real FMA clip not found: {FIXTURE_MP3}")
+    return FIXTURE_MP3
+
+
+def run_fmashard(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "fmashard", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def cli_error():
+    """Run `fmashard ARGS` and check it failed as a UserError: exit 2, one line, no traceback."""
+
+    def run(*args: str) -> str:
+        result = run_fmashard(*args)
+        assert result.returncode == 2, (result.returncode, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        return lines[0]
+
+    return run
