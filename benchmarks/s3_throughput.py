@@ -1,0 +1,219 @@
+"""Shard streaming vs one GET per track, on a real S3 server (SeaweedFS on 127.0.0.1).
+
+Three loaders over the same tracks (30 s at 22,050 Hz), batch size 8, workers 0, through the same boto3
+client (`fmashard.storage.s3_client()`), and two networks: plain loopback, and loopback through
+`latency_proxy.py` (+30 ms before the first byte of every response, as from a server 30 ms away):
+
+  shards  fmashard's ShardLoader over s3://.../shards/manifest.json (one streaming GET per shard run)
+  naive   NaiveFileDataset + DataLoader over s3://.../files (one GET per 2.6 MB float32 .pt track)
+  raw     the limit: get_object of the same shard objects, read in 8 MB chunks, nothing parsed
+
+One warm-up round, then `--rounds` timed rounds, interleaved (shards naive raw shards naive raw ...)
+so drift in the machine's load hits every loader alike.  Reports medians with min-max.
+
+    .venv/bin/python benchmarks/s3_throughput.py --tracks 240 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks"), str(REPO / "src"), str(REPO)]
+
+from s3_server import S3Server, weed_binary, write_files_layout  # noqa: E402
+from synth_shards import VOCAB, write_synthetic_shards  # noqa: E402
+
+CLIP_SAMPLES = 661_500   # 30 s at 22,050 Hz
+LOADERS = ("shards", "naive", "raw")
+
+
+def make_data(root: Path, tracks: int, per_shard: int) -> None:
+    counts = [per_shard] * (tracks // per_shard) + ([tracks % per_shard] if tracks % per_shard else [])
+    truth = write_synthetic_shards(root / "shards", counts, clip_samples=CLIP_SAMPLES)
+    write_files_layout(root / "files", truth, VOCAB, CLIP_SAMPLES)
+
+
+def shard_pass(spec, batch_size: int) -> int:
+    from fmashard.loader import LoaderConfig, ShardLoader
+
+    loader = ShardLoader(spec, LoaderConfig(batch_size=batch_size, num_workers=0, seed=0))
+    return sum(len(batch) for batch in loader)
+
+
+def naive_pass(dataset, batch_size: int) -> int:
+    from fmashard.naive import naive_loader
+
+    return sum(len(labels) for _, labels in naive_loader(dataset, batch_size=batch_size, num_workers=0))
+
+
+def raw_pass(spec, _batch_size: int) -> int:
+    """GET each shard object with the loaders' client, read it in 8 MB chunks; tracks = records read."""
+    from fmashard import storage
+
+    client, total = storage.s3_client(), 0
+    for shard in spec.shards:
+        bucket, key = storage.split_s3(shard.url)
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        while chunk := body.read(8 << 20):
+            total += len(chunk)
+    return round(total / spec.record_bytes)
+
+
+class ProxyProcess:
+    """benchmarks/latency_proxy.py in a process of its own (its threads must not take our GIL)."""
+
+    def __init__(self, upstream_port: int, delay_ms: float):
+        self.args = [sys.executable, str(REPO / "benchmarks/latency_proxy.py"),
+                     "--upstream", f"127.0.0.1:{upstream_port}", "--delay-ms", str(delay_ms)]
+        self.responses = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            self.proc.kill()
+            raise RuntimeError(f"latency proxy did not start ({self.url!r})")
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        self.responses = int(out.rsplit(":", 1)[1]) if "responses delayed:" in out else None
+
+
+def timed(fn, *args) -> tuple[float, int]:
+    began = time.perf_counter()
+    tracks = fn(*args)
+    return time.perf_counter() - began, tracks
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1), "rounds": [round(v, 1) for v in values]}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import boto3
+    import torch
+
+    weed = subprocess.run([weed_binary(), "version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+            "python": platform.python_version(), "torch": torch.__version__, "boto3": boto3.__version__,
+            "seaweedfs": weed, "os": platform.platform()}
+
+
+def git_commit() -> str:
+    """What `git rev-parse HEAD` prints, read from .git directly (no git process)."""
+    git = REPO / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Shard streaming vs per-object GETs on SeaweedFS.")
+    parser.add_argument("--tracks", type=int, default=240)
+    parser.add_argument("--per-shard", type=int, default=96, help="tracks per shard object (127 MB)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--delay-ms", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1, as in a DataLoader worker: on a loaded 2-core "
+                             "machine 2 threads made every torch.stack 10x slower)")
+    parser.add_argument("--json", default=str(REPO / "benchmarks/results/s3_throughput.json"))
+    args = parser.parse_args()
+    command = "python benchmarks/s3_throughput.py " + " ".join(sys.argv[1:])
+
+    import torch
+
+    from fmashard.naive import NaiveFileDataset
+    from fmashard.sources import resolve_source
+
+    torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="fmashard-s3-bench-") as tmp:
+        tmp = Path(tmp)
+        make_data(tmp / "data", args.tracks, args.per_shard)
+        with S3Server(tmp / "seaweedfs") as server, \
+                ProxyProcess(server.ports["s3"], args.delay_ms) as proxy:
+            print(f"weed mini answered in {server.startup_seconds:.1f} s", file=sys.stderr)
+            shards_url = server.upload_tree(tmp / "data" / "shards", "bench/shards")
+            files_url = server.upload_tree(tmp / "data" / "files", "bench/files")
+            os.environ.update({k: v for k, v in server.env().items() if k.startswith("AWS_")})
+            spec = resolve_source(f"{shards_url}/manifest.json")
+            dataset = NaiveFileDataset(files_url)
+            assert spec.num_samples == len(dataset) == args.tracks
+            networks = {"loopback": server.endpoint, f"proxy+{args.delay_ms:g}ms": proxy.url}
+            runners = {"shards": (shard_pass, spec), "naive": (naive_pass, dataset), "raw": (raw_pass, spec)}
+            rates: dict = {net: {name: [] for name in LOADERS} for net in networks}
+            setup_s = time.perf_counter() - started
+            for round_ in range(args.rounds + 1):   # round 0: warm-up, not recorded
+                for net, endpoint in networks.items():
+                    os.environ["AWS_ENDPOINT_URL"] = endpoint
+                    for name in LOADERS:
+                        fn, source = runners[name]
+                        seconds, tracks = timed(fn, source, args.batch_size)
+                        assert tracks == args.tracks, (name, tracks)
+                        if round_:
+                            rates[net][name].append(tracks / seconds)
+                        print(f"round {round_} {net:>14} {name:>6}: {tracks / seconds:7.1f} tracks/s "
+                              f"({seconds:.1f} s){'' if round_ else ' warm-up'}", file=sys.stderr)
+
+    delayed = proxy.responses
+    results = {}
+    for net, per_loader in rates.items():
+        row = {name: summary(values) for name, values in per_loader.items()}
+        med = {name: statistics.median(values) for name, values in per_loader.items()}
+        row["shards_vs_naive"] = round(med["shards"] / med["naive"], 2)
+        row["shards_vs_raw"] = round(med["shards"] / med["raw"], 2)
+        results[net] = row
+    report = {
+        "command": command, "commit": git_commit(), "machine": info,
+        "method": (f"{args.tracks} tracks of 30 s at 22,050 Hz (int16 shards of {args.per_shard} tracks = "
+                   f"{spec.record_bytes * args.per_shard / 1e6:.0f} MB objects; float32 .pt files of "
+                   f"{CLIP_SAMPLES * 4 / 1e6:.1f} MB), batch size {args.batch_size}, workers 0, SeaweedFS "
+                   f"`weed mini` on 127.0.0.1, boto3, torch threads {args.threads}; 1 warm-up + {args.rounds} timed rounds, interleaved "
+                   f"(shards, naive, raw) per network; tracks/s median (min-max). The proxy delays the first "
+                   f"byte of every response by {args.delay_ms:g} ms ({delayed} responses delayed)."),
+        "targets": {"shards_vs_naive_loopback": 4, "shards_vs_naive_proxy": 10, "shards_vs_raw": 0.5},
+        "tracks_per_second": results,
+        "seconds": {"setup": round(setup_s, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\n{'network':>16} {'shards':>18} {'naive':>18} {'raw GET':>18} {'vs naive':>9} {'vs raw':>7}")
+    for net, row in results.items():
+        cells = [f"{row[n]['median']:.0f} ({row[n]['min']:.0f}-{row[n]['max']:.0f})" for n in LOADERS]
+        print(f"{net:>16} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} "
+              f"{row['shards_vs_naive']:>8.1f}x {row['shards_vs_raw']:>6.0%}")
+    print(f"\n{report['method']}\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

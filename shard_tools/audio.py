@@ -1,0 +1,138 @@
+"""Decode one track into a fixed-length mono clip at the target rate, and encode it for a shard.
+
+decode (soundfile, the file's own rate and channel count) -> mono (mean of channels) ->
+resample (soxr HQ, skipped when the rates are equal) -> cut or zero-pad to `clip_samples`.
+The true length (after resampling, before the cut or pad) is kept for the sample's `.json`.
+
+`process_track` is the function the build's worker processes run: it never raises for a bad file,
+it returns a `TrackResult` whose `reason` says why the track is skipped.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+CODECS = ("pcm16", "f16")
+# what a codec stores: (file extension of the audio member, numpy dtype, bytes per value)
+CODEC_FORMATS = {"pcm16": ("pcm", "<i2", 2), "f16": ("f16", "<f2", 2), "float32": ("pt", "<f4", 4)}
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """What every track is turned into; `codec` "float32" keeps the float clip (files layout)."""
+
+    sample_rate: int
+    clip_samples: int
+    min_seconds: float
+    codec: str = "pcm16"
+
+
+@dataclass(frozen=True)
+class DecodedTrack:
+    clip: np.ndarray  # float32, shape (clip_samples,)
+    num_samples: int  # true length at the target rate, before the cut or pad
+    source_sample_rate: int
+    source_channels: int
+    source_frames: int
+
+    @property
+    def source_duration(self) -> float:
+        return self.source_frames / self.source_sample_rate
+
+
+class TrackSkipped(Exception):
+    """A track that does not make it into the output; the message is the manifest's reason."""
+
+
+def fix_length(x: np.ndarray, clip_samples: int) -> np.ndarray:
+    """Cut to `clip_samples`, or zero-pad at the end."""
+    if len(x) >= clip_samples:
+        return x[:clip_samples]
+    return np.concatenate([x, np.zeros(clip_samples - len(x), dtype=x.dtype)])
+
+
+def decode_track(path, settings: ClipSettings) -> DecodedTrack:
+    """Decode, mix to mono, resample and fix the length; `TrackSkipped` names why a track is unusable."""
+    try:
+        data, source_rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile/mpg123 errors, missing file, truncated stream...
+        raise TrackSkipped(f"decode failed: {exc}") from None
+    frames, channels = data.shape
+    duration = frames / source_rate
+    if frames == 0 or duration < settings.min_seconds:
+        raise TrackSkipped(f"too short: {duration:.2f} s < {settings.min_seconds:g} s")
+    mono = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if source_rate != settings.sample_rate:
+        mono = soxr.resample(mono, source_rate, settings.sample_rate, quality="HQ")
+    return DecodedTrack(
+        clip=fix_length(mono.astype(np.float32, copy=False), settings.clip_samples),
+        num_samples=len(mono),
+        source_sample_rate=int(source_rate),
+        source_channels=int(channels),
+        source_frames=int(frames),
+    )
+
+
+def encode_clip(clip: np.ndarray, codec: str) -> bytes:
+    """pcm16: round(x * 32768) clipped to int16, little-endian; f16: little-endian float16."""
+    if codec == "pcm16":
+        return np.clip(np.round(clip * 32768), -32768, 32767).astype("<i2").tobytes()
+    if codec == "f16":
+        return clip.astype("<f2").tobytes()
+    if codec == "float32":
+        return clip.astype("<f4").tobytes()
+    raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+
+
+@dataclass(frozen=True)
+class TrackTask:
+    """One unit of work for a worker process (small and picklable)."""
+
+    track_id: int
+    genre: str
+    label: int
+    path: str
+    settings: ClipSettings
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    track_id: int
+    payload: bytes | None = None  # the encoded clip; None when skipped
+    meta: dict | None = None  # the sample's .json content
+    crc32: int = 0  # of the payload, lets `verify` name the sample whose bytes changed
+    reason: str | None = None  # why the track is skipped
+
+    @property
+    def skipped(self) -> bool:
+        return self.reason is not None
+
+
+def process_track(task: TrackTask) -> TrackResult:
+    """Worker entry point: never raises for a bad track, returns a skip reason instead."""
+    try:
+        track = decode_track(task.path, task.settings)
+        source_bytes = os.path.getsize(task.path)
+    except TrackSkipped as exc:
+        return TrackResult(task.track_id, reason=str(exc))
+    except Exception as exc:  # anything else about one file must not stop the build either
+        return TrackResult(task.track_id, reason=f"decode failed: {type(exc).__name__}: {exc}")
+    payload = encode_clip(track.clip, task.settings.codec)
+    meta = {
+        "track_id": task.track_id,
+        "genre": task.genre,
+        "label": task.label,
+        "sample_rate": task.settings.sample_rate,
+        "num_samples": track.num_samples,
+        "source_sample_rate": track.source_sample_rate,
+        "source_channels": track.source_channels,
+        "source_duration": round(track.source_duration, 6),
+        "source_bytes": source_bytes,
+    }
+    return TrackResult(task.track_id, payload=payload, meta=meta, crc32=zlib.crc32(payload))

@@ -1,0 +1,123 @@
+"""`BuildConfig`: the typed, validated arguments of `fmashard build`, and what follows from them."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+
+from fmashard.errors import UserError
+from shard_tools.audio import CODEC_FORMATS, CODECS, ClipSettings
+from shard_tools.tar_writer import END_OF_ARCHIVE, record_bytes
+
+LAYOUTS = ("shards", "files")
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class ConfigError(UserError, ValueError):
+    """A bad build argument: a ValueError for library callers, a one-line exit 2 in the CLI."""
+
+
+def parse_size(text: int | str) -> int:
+    """'256MB' / '64MiB' / '5M' / '1g' / 4096 -> bytes.  K/M/G are binary (1 MB = 2**20 bytes), so the
+    default '256MB' is 268,435,456 bytes as in ARCHITECTURE.md."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"shard_size: expected a size like 256MB, 64MiB or 4096, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    fma_dir: str
+    out: str
+    subset: str = "small"
+    workers: int | None = None  # None: os.cpu_count()
+    shard_size: int | str = "256MB"
+    codec: str = "pcm16"
+    clip_seconds: float = 30.0
+    sample_rate: int = 22050
+    min_seconds: float = 27.5
+    seed: int = 0
+    layout: str = "shards"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "fma_dir", str(self.fma_dir))
+        set_(self, "out", str(self.out))
+        set_(self, "shard_size", parse_size(self.shard_size))
+        set_(self, "workers", (os.cpu_count() or 1) if self.workers is None else int(self.workers))
+        if not self.out:
+            raise ConfigError("out: an output folder or s3:// prefix is required")
+        if not self.subset:
+            raise ConfigError("subset: required (small, medium or large)")
+        if self.codec not in CODECS:
+            raise ConfigError(f"codec: must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout: must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.workers < 1:
+            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
+        if self.shard_size <= 0:
+            raise ConfigError(f"shard_size: must be > 0 bytes, got {self.shard_size}")
+        if self.sample_rate <= 0:
+            raise ConfigError(f"sample_rate: must be > 0, got {self.sample_rate}")
+        if not self.clip_seconds > 0:
+            raise ConfigError(f"clip_seconds: must be > 0, got {self.clip_seconds}")
+        if not 0 <= self.min_seconds <= self.clip_seconds:
+            raise ConfigError(f"min_seconds: must be between 0 and clip_seconds ({self.clip_seconds:g}), "
+                              f"got {self.min_seconds:g}")
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+        if self.clip_samples < 1:
+            raise ConfigError(f"clip_seconds: {self.clip_seconds:g} s at {self.sample_rate} Hz is no sample at all")
+
+    # ------------------------------------------------------------------ derived layout
+    @property
+    def clip_samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def stored_codec(self) -> str:
+        """What a sample's audio is stored as: the codec, or float32 tensors for --layout files."""
+        return self.codec if self.layout == "shards" else "float32"
+
+    @property
+    def audio_ext(self) -> str:
+        return CODEC_FORMATS[self.stored_codec][0]
+
+    @property
+    def dtype(self) -> str:
+        return {"<i2": "int16", "<f2": "float16", "<f4": "float32"}[CODEC_FORMATS[self.stored_codec][1]]
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.clip_samples * CODEC_FORMATS[self.stored_codec][2]
+
+    @property
+    def record_bytes(self) -> int:
+        return record_bytes(self.clip_samples * CODEC_FORMATS[self.codec][2])
+
+    @property
+    def samples_per_shard(self) -> int:
+        return max(1, (self.shard_size - len(END_OF_ARCHIVE)) // self.record_bytes)
+
+    @property
+    def clip_settings(self) -> ClipSettings:
+        return ClipSettings(self.sample_rate, self.clip_samples, self.min_seconds, self.stored_codec)
+
+    def params(self) -> dict:
+        """The manifest's `params` (ARCHITECTURE.md)."""
+        return {"subset": self.subset, "sample_rate": self.sample_rate, "clip_seconds": float(self.clip_seconds),
+                "min_seconds": float(self.min_seconds), "codec": self.codec, "shard_size": self.shard_size,
+                "seed": self.seed}
+
+    def identity(self) -> dict:
+        """Everything that changes the output bytes (not workers, not overwrite): a resume must match it."""
+        fields = asdict(self)
+        for transient in ("workers", "overwrite", "out"):
+            fields.pop(transient)
+        fields["fma_dir"] = os.path.abspath(self.fma_dir)
+        fields["clip_seconds"], fields["min_seconds"] = float(self.clip_seconds), float(self.min_seconds)
+        return fields

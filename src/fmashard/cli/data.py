@@ -1,0 +1,43 @@
+"""`fmashard build` and `fmashard verify`: thin wrappers over shard_tools.build / shard_tools.verify."""
+from typing import Optional
+
+import typer
+
+from fmashard.cli import app
+
+
+@app.command("build")
+def build(
+    fma_dir: str = typer.Option(..., "--fma-dir", help="FMA folder holding fma_metadata/ and fma_<subset>/."),
+    out: str = typer.Option(..., "--out", help="Output folder or s3://bucket/prefix."),
+    subset: str = typer.Option("small", help="FMA subset: small, medium or large."),
+    workers: Optional[int] = typer.Option(None, help="Decode processes (default: all CPU cores)."),
+    shard_size: str = typer.Option("256MB", help="Maximum shard size: 256MB, 64MiB, 4096... (MB = 2**20 bytes)."),
+    codec: str = typer.Option("pcm16", help="Audio stored as pcm16 (int16) or f16 (float16)."),
+    clip_seconds: float = typer.Option(30.0, help="Clip length: longer tracks are cut, shorter zero-padded."),
+    sample_rate: int = typer.Option(22050, help="Target sample rate (soxr HQ resampling)."),
+    min_seconds: float = typer.Option(27.5, help="Tracks shorter than this are skipped (listed in the manifest)."),
+    seed: int = typer.Option(0, help="Shuffle seed for the assignment of tracks to shards."),
+    layout: str = typer.Option("shards", help="shards (tar + .idx) or files (the notebook's one .pt per track)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a build made with other arguments."),
+) -> None:
+    """Decode the FMA mp3s into fixed-stride WebDataset shards (resumable; rerun to continue)."""
+    from shard_tools.build import BuildConfig, build_shards
+
+    config = BuildConfig(fma_dir=fma_dir, out=out, subset=subset, workers=workers, shard_size=shard_size,
+                         codec=codec, clip_seconds=clip_seconds, sample_rate=sample_rate, min_seconds=min_seconds,
+                         seed=seed, layout=layout, overwrite=overwrite)
+    report = build_shards(config, progress=True)
+    print(report.summary())
+
+
+@app.command("verify")
+def verify(out: str = typer.Argument(..., help="Build folder, s3:// prefix or manifest.json URL.")) -> None:
+    """Re-read every shard of a build: sha256, sizes, sample members, .idx. Exit 1 on any problem."""
+    from shard_tools.verify import verify_build
+
+    report = verify_build(out)
+    for problem in report.problems:
+        print(problem)
+    print(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
