@@ -1,0 +1,26 @@
+"""`fmashard demo`: corpus -> build -> train -> bench, on the CPU, in minutes."""
+from __future__ import annotations
+
+import tempfile
+from typing import Optional
+
+import typer
+
+from fmashard.cli import app
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Optional[str] = typer.Argument(None, help="Folder for the demo (default: a temporary folder)."),
+    genres: int = typer.Option(8, "--genres", help="Genres in the generated corpus (1-8)."),
+    tracks_per_genre: int = typer.Option(20, "--tracks-per-genre", help="Tracks per genre (>= 10)."),
+    epochs: int = typer.Option(2, "--epochs", help="Training epochs."),
+    model: str = typer.Option("soundnet", "--model", help="resnet1d, soundnet or soundnet-large."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Make an FMA-format corpus, build shards, train a small model with --amp, bench against naive."""
+    from fmashard.demo import DemoConfig, run_demo
+
+    folder = out_dir or tempfile.mkdtemp(prefix="fmashard-demo-")
+    run_demo(DemoConfig(out_dir=folder, genres=genres, tracks_per_genre=tracks_per_genre, epochs=epochs,
+                        model=model, seed=seed), echo=typer.echo)
