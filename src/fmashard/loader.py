@@ -82,13 +82,28 @@ class _Buffers:
         self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
         self.dtype = getattr(torch, spec.dtype)
         self.live: dict[int, tuple] = {}
+        self.recycle = not (pin or shared)   # pinned: torch's caching host allocator reuses them
+        self.pool: list[torch.Tensor] = []   # buffers handed out before; reused once nobody holds them
+
+    def _allocate(self, rows: int) -> torch.Tensor:
+        """A (rows, clip_samples) buffer: a recycled one when the consumer has let go of it (no page
+        faults, no zeroing of fresh memory), else a new one."""
+        if self.recycle:
+            for i, audio in enumerate(self.pool):
+                if audio.shape[0] == rows and _unused(audio):
+                    return self.pool.pop(i)
+        audio = torch.empty((rows, self.spec.clip_samples), dtype=self.dtype, pin_memory=self.pin)
+        if self.shared:
+            audio.share_memory_()
+        return audio
+
+    def _remember(self, audio: torch.Tensor) -> None:
+        if self.recycle:
+            self.pool = self.pool[-7:] + [audio]  # a consumer holding more batches simply gets new ones
 
     def slot(self, buffer: int, slot: int):
         if buffer not in self.live:
-            audio = torch.empty((self.batch_size, self.spec.clip_samples), dtype=self.dtype,
-                                pin_memory=self.pin)
-            if self.shared:
-                audio.share_memory_()
+            audio = self._allocate(self.batch_size)
             meta = np.zeros((self.batch_size, 3), dtype=np.int64)  # label, track id, valid
             self.live[buffer] = (audio, meta)
         audio, meta = self.live[buffer]
@@ -96,19 +111,23 @@ class _Buffers:
 
     def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
         audio, meta = self.live.pop(buffer)
+        self._remember(audio)
         return audio[:size], meta[:size]
 
     def gather(self, members: list[tuple[int, int]]) -> tuple[torch.Tensor, np.ndarray]:
         """Tail of the epoch: pack the leftovers of partly filled buffers into one batch.  Row by row
         with numpy (plain memcpy): torch's threaded copy is slower for a few rows on a busy CPU."""
-        audio = torch.empty((len(members), self.spec.clip_samples), dtype=self.dtype, pin_memory=self.pin)
-        if self.shared:
-            audio.share_memory_()
+        audio = self._allocate(len(members))
         rows = audio.view(torch.uint8).numpy()
         for i, (b, k) in enumerate(members):
             rows[i] = self.live[b][0][k].view(torch.uint8).numpy()
         meta = np.stack([self.live[b][1][k] for b, k in members])
         return audio, meta
+
+
+def _unused(audio: torch.Tensor) -> bool:
+    """True when only the pool holds this buffer (no batch, view or window of it is alive)."""
+    return torch._C._storage_Use_Count(audio.untyped_storage()._cdata) <= 2
 
 
 def _finish(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, TruncatedShardError
 
 BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
 AUDIO_EXTS = {"pcm": "pcm16", "f16": "f16"}
 
 
@@ -29,11 +32,11 @@ class Header:
 def parse_header(block, url: str, last_key: str | None) -> Header | None:
     """Parse a 512-byte USTAR header; None at the end-of-archive zero block."""
     block = bytes(block)
-    if block.count(0) == BLOCK:
+    if block == ZERO_BLOCK:
         return None
     stored = block[148:156].split(b"\0", 1)[0].strip()
     try:
-        checksum_ok = int(stored or b"-1", 8) == sum(block[:148]) + 256 + sum(block[156:])
+        checksum_ok = int(stored or b"-1", 8) == (int(np.frombuffer(block, np.uint8).sum()) - sum(block[148:156]) + 256)
         size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         checksum_ok, size = False, -1
