@@ -1,0 +1,80 @@
+"""`fmashard train` and `fmashard evaluate`: thin wrappers over fmashard.train / fmashard.evaluate.
+
+Under `torchrun --nproc-per-node N -m fmashard train ...` the same command trains with DDP."""
+import os
+from typing import Optional
+
+import typer
+
+from fmashard.cli import app
+
+
+@app.command("train")
+def train(
+    shards: str = typer.Option(..., "--shards", help="Manifest, build folder or URL (s3://, https://) of the shards."),
+    out: str = typer.Option(..., "--out", help="RUN_DIR: config.json, metrics.jsonl, last.pt, best.pt."),
+    model: str = typer.Option("resnet1d", help="resnet1d, soundnet or soundnet-large."),
+    epochs: int = typer.Option(10, help="Epochs over the training split."),
+    batch_size: int = typer.Option(8, help="Tracks per optimizer step (all their windows go in one step)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (torch.autocast)."),
+    amp_dtype: str = typer.Option("auto", help="auto (bf16 where supported, else fp16 + GradScaler), bf16, fp16."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    workers: int = typer.Option(0, help="DataLoader worker processes (0: a read-ahead thread)."),
+    random_crop: bool = typer.Option(False, "--random-crop", help="Random window starts (training only)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    seed: int = typer.Option(0, help="Seed of the model init, the shuffle and the crops."),
+    window_seconds: float = typer.Option(5.0, help="Window length in seconds."),
+    windows: int = typer.Option(7, help="Windows per track."),
+    overlap: float = typer.Option(0.25, help="Overlap of consecutive windows, in [0, 1)."),
+    shuffle_buffer: int = typer.Option(64, help="Samples in the loader's shuffle buffer."),
+    precise_bn: int = typer.Option(0, help="Re-estimate BatchNorm statistics on N training batches before each "
+                                           "validation (short runs; 0: off)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (whole run)."),
+    checkpoint_every: int = typer.Option(200, help="Steps between mid-epoch last.pt saves (0: epoch ends only)."),
+    on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
+    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    log_batches: bool = typer.Option(False, "--log-batches", help="Write RUN_DIR/steps.jsonl (track ids per step)."),
+) -> None:
+    """Train a waveform genre classifier on the shards: one optimizer step per batch of tracks."""
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    from fmashard.train import TrainConfig, train as run_training
+
+    config = TrainConfig(shards=shards, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
+                         amp_dtype=amp_dtype, device=device, workers=workers, random_crop=random_crop,
+                         compile=compile, seed=seed, window_seconds=window_seconds, windows=windows,
+                         overlap=overlap, shuffle_buffer=shuffle_buffer, precise_bn=precise_bn, max_steps=max_steps,
+                         checkpoint_every=checkpoint_every, on_error=on_error, endpoint_url=endpoint_url,
+                         resume=resume, log_batches=log_batches)
+    result = run_training(config)  # prints one line per epoch and the summary (rank 0)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command("evaluate")
+def evaluate(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A last.pt or best.pt of `fmashard train`."),
+    shards: str = typer.Option(..., "--shards", help="Manifest, build folder or URL of the shards."),
+    split: str = typer.Option("test", help="Split to evaluate: test, validation or training."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the metrics and confusion matrix "
+                                                          "(default: the checkpoint's folder)."),
+    batch_size: int = typer.Option(8, help="Tracks per forward pass."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: as trained)."),
+    on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
+    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
+) -> None:
+    """Loss, window accuracy, track accuracy (majority vote, mean logits) and a confusion matrix (JSON, PNG)."""
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    from fmashard.evaluate import EvaluateConfig, evaluate_checkpoint
+
+    config = EvaluateConfig(checkpoint=checkpoint, shards=shards, split=split, out=out, batch_size=batch_size,
+                            device=device, workers=workers, amp=amp, on_error=on_error, endpoint_url=endpoint_url)
+    report = evaluate_checkpoint(config)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(report.summary())
+        print("wrote " + ", ".join(report.files.values()))

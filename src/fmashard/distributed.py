@@ -1,0 +1,124 @@
+"""Distributed stage: one process per device under `torchrun`, nothing to do otherwise.
+
+    dist = init_distributed("auto")     # reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR from torchrun
+    ...                                 # gloo on CPU, nccl on CUDA; only dist.is_main writes files or prints
+    all_reduce_sum(totals)              # metrics: sums over ranks, once per epoch (never per eval step)
+    dist.close()
+
+Without torchrun (`WORLD_SIZE` unset or 1) every helper is a no-op on a single process, so the training
+loop has one code path.  Each rank reads its own shards: the loader splits samples by rank itself.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+from fmashard.device import resolve_device
+from fmashard.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False   # True when init_distributed created the process group (and closes it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    def close(self) -> None:
+        if self.owns_group and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """The process group from the torchrun environment (gloo on CPU, nccl on CUDA) and this rank's device.
+    A group the caller already initialised is reused (and left open)."""
+    device = resolve_device(device_name)
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return DistContext(rank, world, local_rank, _rank_device(device, local_rank))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(0, 1, 0, device)
+    if not torch_dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _rank_device(device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch_dist.init_process_group("nccl", device_id=device)
+    else:
+        # CPU ranks share the cores: without this every rank starts one thread per core.
+        per_rank = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        torch.set_num_threads(per_rank)
+        torch_dist.init_process_group("gloo")
+    return DistContext(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, device, owns_group=True)
+
+
+def _rank_device(device: torch.device, local_rank: int) -> torch.device:
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        return device
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
+    return torch.device("cuda", local_rank)
+
+
+def _active() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks in place (gloo reduces CPU tensors, nccl CUDA ones); returns it."""
+    if _active():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if _active():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather_int(value: int, device: torch.device) -> list[int]:
+    """[value of rank 0, value of rank 1, ...]."""
+    if not _active():
+        return [int(value)]
+    mine = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    parts = [torch.zeros_like(mine) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(parts, mine)
+    return [int(p.item()) for p in parts]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on at least one (e.g. a stop request from a signal)."""
+    if not _active():
+        return flag
+    return bool(all_reduce_max(torch.tensor([int(flag)], device=device)).item())
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) before evaluating, so all ranks
+    evaluate the same model as the one rank 0 saves."""
+    if _active():
+        for buffer in module.buffers():
+            torch_dist.broadcast(buffer, src=0)
+
+
+def barrier() -> None:
+    if _active():
+        torch_dist.barrier()

@@ -1,0 +1,163 @@
+"""Checkpoints: atomic writes, safe loading, RNG round trips, and exact resume of a killed run."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fmashard.checkpoint import (load_checkpoint, read_jsonl, rng_state, save_checkpoint, set_rng_state,
+                                 truncate_jsonl)
+from fmashard.errors import UserError
+from fmashard.train import TrainConfig, train
+from synth_shards import write_synthetic_shards
+
+
+def write_run_shards(root, counts=None, clip_samples=4000) -> Path:
+    """Synthetic shards (random int16 noise, 5-genre vocabulary) with training/validation/test splits and
+    one manifest.json: many 1-3 sample shards, so ranks and resumes start mid-shard."""
+    counts = counts or {"training": [2, 1, 2], "validation": [2, 1], "test": [1, 2]}
+    root = Path(root)
+    splits, manifest, first_id = {}, None, 2
+    for i, (split, sizes) in enumerate(counts.items()):
+        write_synthetic_shards(root, sizes, clip_samples=clip_samples, split=split, seed=i, first_id=first_id)
+        manifest = json.loads((root / "manifest.json").read_text())
+        splits.update(manifest["splits"])
+        first_id += 3 * sum(sizes)
+    manifest["splits"] = splits
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+# A model step of soundnet-large on 0.1 s windows costs well under a second on a CPU.
+TINY = dict(model="soundnet-large", window_seconds=0.1, windows=2, batch_size=2, epochs=2, seed=3)
+
+
+def test_save_is_atomic_and_loads_weights_only(tmp_path):
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(path, {"step": 1, "weights": torch.arange(3.0)})
+    save_checkpoint(path, {"step": 2, "weights": torch.arange(4.0)})
+    state = load_checkpoint(path)
+    assert state["step"] == 2 and torch.equal(state["weights"], torch.arange(4.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_load_rejects_missing_foreign_and_pickled_files(tmp_path):
+    with pytest.raises(UserError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"model": {}}, tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="not an fmashard checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"format": "fmashard-checkpoint", "version": 1, "code": object()}, tmp_path / "pickle.pt")
+    with pytest.raises(UserError, match="not a readable checkpoint"):  # weights_only refuses arbitrary objects
+        load_checkpoint(tmp_path / "pickle.pt")
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert [random.random() for _ in range(3)] == expected[2]
+
+
+def test_truncate_jsonl_drops_steps_after_the_checkpoint_and_a_cut_line(tmp_path):
+    path = tmp_path / "steps.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)) + '{"step": 6, "tr')
+    truncate_jsonl(path, 3)
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
+
+
+class Killed(BaseException):
+    """What a SIGKILL looks like from inside: the run stops between two steps, nothing is cleaned up."""
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    # 4 training tracks, batch 2: 2 steps per epoch, 2 epochs; random crops exercise the feeder's start_index
+    shards = write_run_shards(tmp_path / "shards", {"training": [2, 1, 1], "validation": [2, 1]})
+    base = dict(shards=str(shards), random_crop=True, log_batches=True, verbose=False, **TINY)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), checkpoint_every=0, **base))
+    assert (straight.steps, straight.epochs) == (4, 2)
+
+    def kill_at_4(step, epoch):  # last.pt is then the one of step 3: epoch 2, one batch done
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(TrainConfig(out=str(tmp_path / "b"), checkpoint_every=1, **base), on_step=kill_at_4)
+    state = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (state["epoch"], state["step"], state["batches_done"]) == (1, 3, 1)
+    assert len(read_jsonl(tmp_path / "b" / "steps.jsonl")) == 4  # step 4 was logged, then the kill
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), checkpoint_every=1, resume=True, **base))
+    assert (resumed.steps, resumed.epochs, resumed.interrupted) == (4, 2, False)
+
+    order_a = [r["track_ids"] for r in read_jsonl(tmp_path / "a" / "steps.jsonl")]
+    order_b = [r["track_ids"] for r in read_jsonl(tmp_path / "b" / "steps.jsonl")]
+    assert order_b == order_a and len(order_a) == 4
+    assert sorted(sum(order_a[:2], [])) == sorted(sum(order_a[2:], []))  # each epoch sees every track once
+    assert order_a[:2] != order_a[2:]                                     # in a new order
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the epoch records match too (the train totals of the interrupted epoch were carried in last.pt)
+    metrics_a, metrics_b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert [m["step"] for m in metrics_b] == [m["step"] for m in metrics_a] == [2, 4]
+    for ma, mb in zip(metrics_a, metrics_b):
+        for key in ("train_loss", "train_window_acc", "val_loss", "val_track_acc_vote", "val_track_acc_mean"):
+            assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), key
+
+
+def test_sigterm_saves_and_max_steps_stops_mid_epoch(tmp_path):
+    shards = write_run_shards(tmp_path / "shards", {"training": [2, 1, 1], "validation": [2, 1]})
+    base = dict(shards=str(shards), out=str(tmp_path / "run"), checkpoint_every=0, verbose=False, **TINY)
+
+    def term_at_1(step, epoch):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = train(TrainConfig(**base), on_step=term_at_1)
+    assert stopped.interrupted and stopped.steps == 1 and not stopped.history
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (state["epoch"], state["step"], state["batches_done"]) == (0, 1, 1)
+
+    partial = train(TrainConfig(resume=True, max_steps=3, **base))
+    assert (partial.steps, partial.epochs) == (3, 1)
+    assert [m["complete"] for m in partial.history] == [True, False]
+    assert partial.last["steps_per_rank"] == [1]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (state["epoch"], state["step"], state["batches_done"]) == (1, 3, 1)
+
+    rest = train(TrainConfig(resume=True, **base))
+    assert (rest.steps, rest.epochs) == (4, 2)
+    assert [(m["epoch"], m["complete"]) for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == \
+        [(1, True), (2, False), (2, True)]
+    assert (tmp_path / "run" / "best.pt").is_file()
