@@ -232,7 +232,8 @@ def test_killed_build_resumes_to_the_same_bytes(base, fma_dir, tmp_path):
            "--workers", "1", "--shard-size", SHARD_SIZE]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(out.glob("*/*.tar")) and proc.poll() is None and time.monotonic() < deadline:
+    # kill as soon as one shard is complete (its journal record is written right after the tar)
+    while not list(out.glob(".fmashard-journal/*.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the build finished before it could be killed"

@@ -13,7 +13,7 @@ from fmashard.cli import app
 def demo_command(
     out_dir: Optional[str] = typer.Argument(None, help="Folder for the demo (default: a temporary folder)."),
     genres: int = typer.Option(8, "--genres", help="Genres in the generated corpus (1-8)."),
-    tracks_per_genre: int = typer.Option(20, "--tracks-per-genre", help="Tracks per genre (>= 10)."),
+    tracks_per_genre: int = typer.Option(12, "--tracks-per-genre", help="Tracks per genre (>= 10)."),
     epochs: int = typer.Option(2, "--epochs", help="Training epochs."),
     model: str = typer.Option("soundnet", "--model", help="resnet1d, soundnet or soundnet-large."),
     seed: int = typer.Option(0, "--seed"),
