@@ -99,6 +99,7 @@ class Killed(BaseException):
     """What a SIGKILL looks like from inside: the run stops between two steps, nothing is cleaned up."""
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     # 4 training tracks, batch 2: 2 steps per epoch, 2 epochs; random crops exercise the feeder's start_index
     shards = write_run_shards(tmp_path / "shards", {"training": [2, 1, 1], "validation": [2, 1]})

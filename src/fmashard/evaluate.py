@@ -191,6 +191,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: ShardLoader, device: t
     model.train()
     ctx = ctx or nullcontext()
     for batch in DeviceFeeder(loader, device, replace(window, random_crop=False)):
+        if batch.windows.shape[0] < 2:  # BatchNorm has no statistics of a batch of one
+            continue
         with ctx:
             model(batch.windows)
         used += 1
