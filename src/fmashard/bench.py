@@ -13,7 +13,6 @@ Rounds are interleaved (A B C A B C ...) after one warm-up round, so drift in th
 """
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import threading
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from fmashard import storage
 from fmashard.errors import UserError
 from fmashard.windows import WindowSpec
 
@@ -198,12 +196,6 @@ def check_same_tracks(report: dict) -> None:
         raise UserError(f"loaders saw different numbers of tracks: {counts}")
 
 
-def source_bytes(url: str) -> int:
-    return storage.object_size(url)
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-os.environ.setdefault("MPLBACKEND", "Agg")

@@ -71,14 +71,14 @@ def _mean_size(urls: list[str]) -> int:
 
 def make_runners(config: BenchConfig) -> dict:
     """{(loader, workers): callable() -> Run}, all limited to the same number of tracks."""
-    from fmashard.naive import NaiveFileDataset, NaiveMp3Dataset, load_files_manifest
+    from fmashard.naive import NaiveFileDataset, load_files_manifest
 
     spec = resolve_source(config.shards, config.split)
     device = resolve_device(config.device) if config.device != "auto" else default_device()
     counts, datasets, sizes = [spec.num_samples], {}, {}
     if "naive" in config.loaders:
         datasets["naive"] = NaiveFileDataset(config.naive, config.split)
-        manifest, base = load_files_manifest(config.naive)
+        _, base = load_files_manifest(config.naive)
         sizes["naive"] = _mean_size([storage.join_url(base, f["path"]) for f in datasets["naive"].files])
         counts.append(len(datasets["naive"]))
     if "naive-mp3" in config.loaders:
