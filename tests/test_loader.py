@@ -135,6 +135,21 @@ def test_wrong_size_and_missing_member_are_named(tmp_path):
     assert loader.policy.num_skipped == 1
 
 
+def test_damaged_header_mid_shard_is_named_and_skip_resyncs_at_the_next_record(tmp_path):
+    truth = write_synthetic_shards(tmp_path, [5], clip_samples=1000)
+    shard = tmp_path / "training" / "training-000000.tar"
+    data = bytearray(shard.read_bytes())
+    rb = resolve_source(tmp_path).record_bytes
+    key = bytes(data[2 * rb:2 * rb + 6]).decode()
+    data[2 * rb + 1024 + 5] ^= 0x01          # the third sample's .json header: checksum fails
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"training-000000\.tar key {key}: damaged tar header"):
+        list(ShardLoader(resolve_source(tmp_path), LoaderConfig(batch_size=2, shuffle=False)))
+    loader = ShardLoader(resolve_source(tmp_path), LoaderConfig(batch_size=2, shuffle=False, on_error="skip"))
+    assert ids_of(loader) == [t for t in sorted(truth) if f"{t:06d}" != key]
+    assert loader.policy.num_skipped == 1
+
+
 def test_folder_without_manifest_and_brace_pattern(shards, tmp_path):
     root, truth = shards
     pattern = str(root / "training" / "training-{000000..000005}.tar")

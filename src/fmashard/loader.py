@@ -114,16 +114,6 @@ class _Buffers:
         self._remember(audio)
         return audio[:size], meta[:size]
 
-    def gather(self, members: list[tuple[int, int]]) -> tuple[torch.Tensor, np.ndarray]:
-        """Tail of the epoch: pack the leftovers of partly filled buffers into one batch.  Row by row
-        with numpy (plain memcpy): torch's threaded copy is slower for a few rows on a busy CPU."""
-        audio = self._allocate(len(members))
-        rows = audio.view(torch.uint8).numpy()
-        for i, (b, k) in enumerate(members):
-            rows[i] = self.live[b][0][k].view(torch.uint8).numpy()
-        meta = np.stack([self.live[b][1][k] for b, k in members])
-        return audio, meta
-
 
 def _unused(audio: torch.Tensor) -> bool:
     """True when only the pool holds this buffer (no batch, view or window of it is alive)."""
@@ -153,15 +143,12 @@ class WorkerStream:
         emitted = {b for b, _, _ in bp.full[: self.start]}
         for _ in self._arrivals([s for s in range(cut + 1) if int(bp.buffer_of[s]) not in emitted]):
             pass  # resume: refill the batches that were pending at the cut
-        nxt = min(self.start, len(bp.full))
-        for s in self._arrivals(range(cut + 1, len(bp.buffer_of))):
-            if nxt < len(bp.full) and bp.full[nxt][1] == s:
+        nxt = self.start
+        for s in self._arrivals(range(cut + 1, len(bp.buffer_of)), also=cut):
+            while nxt < len(bp.full) and bp.full[nxt][1] <= s:
                 buffer, _, size = bp.full[nxt]
                 nxt += 1
                 yield _finish(*self.buffers.take(buffer, size), self._skipped_since())
-        for i, members in enumerate(bp.tail):
-            if len(bp.full) + i >= self.start:
-                yield _finish(*self.buffers.gather(members), self._skipped_since())
         self.buffers.live.clear()
 
     def _skipped_since(self) -> int:
@@ -169,9 +156,12 @@ class WorkerStream:
         delta, self._reported = now - self._reported, now
         return delta
 
-    def _arrivals(self, ordinals):
+    def _arrivals(self, ordinals, also: int | None = None):
         """Read the given ordinals (ascending) into their slots; yield each ordinal once it is
-        placed or skipped.  Consecutive ordinals of one segment share one stream (one request)."""
+        placed or skipped (first `also`, if given: an ordinal already in place, for a resume).
+        Consecutive ordinals of one segment share one stream (one request)."""
+        if also is not None and also >= 0:
+            yield also
         run: list[int] = []
         for s in ordinals:
             if run and (s != run[-1] + 1 or self.plan.locate(s)[0] is not self.plan.locate(run[0])[0]):
@@ -207,7 +197,7 @@ class WorkerStream:
         rb, bp = self.spec.record_bytes, self.plan.batches
         with storage.open_stream(url, first * rb, (first + len(ordinals)) * rb,
                                  allow_pipe=self.allow_pipe) as stream:
-            reader = RecordReader(stream, url, self.spec.sample_bytes, self.spec.audio_ext)
+            reader = RecordReader(stream, url, self.spec.sample_bytes, self.spec.audio_ext, rb)
             for i, s in enumerate(ordinals):
                 slot, meta = self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s]))
                 try:

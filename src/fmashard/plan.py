@@ -10,7 +10,8 @@
 3. A rank's range is split the same way over its DataLoader workers; our records have a fixed size,
    so a range may start in the middle of a shard (a seek or a Range request).
 4. Scatter shuffle: each arriving sample goes to a random free slot of P = shuffle_buffer // B pending
-   batches; a batch is emitted the moment it is full and a new empty one takes its place.  Every
+   batches; a batch is emitted the moment it is full and a new empty one takes its place (near the
+   end of the epoch only as many as the remaining samples fill, so no partial batches are left over).  Every
    sample is read straight into its final batch slot (one copy), memory is bounded by P*B samples,
    and since the plan depends only on the ordinals, not on the data, a resumed loader rebuilds the
    exact pending state: re-read the few samples that sat in pending batches at the cut (random access)
@@ -65,51 +66,64 @@ def segments_for(spec: DatasetSpec, order: list[int], start: int, stop: int) -> 
 @dataclass
 class BatchPlan:
     """For each ordinal of a worker's sample sequence: its pending buffer and slot; the batches in
-    emission order.  Full batches are a whole buffer; tail batches gather (buffer, slot) pairs."""
+    emission order as (buffer, ordinal after which it is emitted, size).  Every batch is one whole
+    buffer; only the last may be short (n % B samples), and `drop_last` leaves it out."""
 
     buffer_of: np.ndarray
     slot_of: np.ndarray
-    full: list[tuple[int, int, int]] = field(default_factory=list)  # (buffer, ready ordinal, size)
-    tail: list[list[tuple[int, int]]] = field(default_factory=list)
+    full: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def num_batches(self) -> int:
-        return len(self.full) + len(self.tail)
+        return len(self.full)
 
     def cut_ordinal(self, done: int) -> int:
         """Last ordinal that had arrived when `done` batches had been emitted."""
-        if done == 0:
-            return -1
-        if done <= len(self.full):
-            return self.full[done - 1][1]
-        return len(self.buffer_of) - 1
+        return self.full[done - 1][1] if done else -1
 
 
 def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Generator,
                     drop_last: bool) -> BatchPlan:
+    """Scatter shuffle with an exact ending.  Each sample takes a random free slot (buffers weighted
+    by free slots).  A filled buffer is replaced by a new one only while the samples still to come
+    outnumber the free slots; the one buffer that will end short (n % B) is the last opened, and it
+    offers only its B - short slots.  So the epoch ends with every buffer full but that one: no
+    leftovers to gather, no extra copy."""
     buffer_of = np.empty(n, dtype=np.int64)
     slot_of = np.empty(n, dtype=np.int64)
     plan = BatchPlan(buffer_of, slot_of)
-    pending = list(range(buffers))          # buffer ids, in creation order
-    fill = [0] * buffers
-    next_id = buffers
+    short = -n % batch_size
+    count = min(buffers, -(-n // batch_size))
+    pending, fill = list(range(count)), [0] * count
+    cap = [batch_size] * count
+    if count * batch_size - n == short:        # all buffers ever needed exist: the last one ends short
+        cap[-1] -= short
+    last = None
+    next_id, free = count, count * batch_size - (cap[-1] != batch_size) * short
     draws = rng.random(n)
     for s in range(n):
-        free = [batch_size - f for f in fill]
-        cum = np.cumsum(free).tolist()
-        j = bisect.bisect_right(cum, draws[s] * cum[-1])
-        j = min(j, len(pending) - 1)
+        cum = np.cumsum([c - f for c, f in zip(cap, fill)]).tolist()
+        j = min(bisect.bisect_right(cum, draws[s] * cum[-1]), len(pending) - 1)
         buffer_of[s], slot_of[s] = pending[j], fill[j]
         fill[j] += 1
-        if fill[j] == batch_size:
+        free -= 1
+        if fill[j] < cap[j]:
+            continue
+        if cap[j] == batch_size:
             plan.full.append((pending[j], s, batch_size))
-            pending[j], fill[j] = next_id, 0
+        else:
+            last = (pending[j], n - 1, cap[j])   # the short batch goes out last, like a DataLoader's
+        left = n - s - 1
+        if left - free >= 1:       # more samples to come than free slots: open a new buffer
+            pending[j], fill[j], cap[j] = next_id, 0, batch_size
+            if left - free < batch_size:
+                cap[j] -= short
+            free += cap[j]
             next_id += 1
-    leftovers = [(b, k) for b, f in sorted(zip(pending, fill)) for k in range(f)]
-    for i in range(0, len(leftovers), batch_size):
-        chunk = leftovers[i:i + batch_size]
-        if len(chunk) == batch_size or not drop_last:
-            plan.tail.append(chunk)
+        else:
+            del pending[j], fill[j], cap[j]
+    if last is not None and not drop_last:
+        plan.full.append(last)
     return plan
 
 
