@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fmashard.errors import UserError
+from fmashard import recycle
 from fmashard.windows import WindowSpec, make_windows
 
 
@@ -48,8 +49,8 @@ class DeviceFeeder:
         if not self.cuda:
             return batch.audio, batch.labels, batch.track_ids, None
         with torch.cuda.stream(self.copy_stream):
-            tensors = tuple(t.to(self.device, non_blocking=True)
-                            for t in (batch.audio, batch.labels, batch.track_ids))
+            audio = batch.rows().to(self.device, non_blocking=True)[:, : batch.audio.shape[1]]
+            tensors = (audio, *(t.to(self.device, non_blocking=True) for t in (batch.labels, batch.track_ids)))
             event = torch.cuda.Event()
             event.record(self.copy_stream)
         return (*tensors, event)
@@ -63,7 +64,10 @@ class DeviceFeeder:
         generator = None
         if self.spec.random_crop:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
-        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids)
+        out = None   # CUDA's caching allocator reuses device memory; on the CPU, fmashard.recycle does
+        if not self.cuda:
+            out = recycle.empty((audio.shape[0] * self.spec.count, self.spec.window), torch.float32, keep=4)
+        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out)
         return DeviceBatch(windows, labels, track_ids, audio.shape[0])
 
     def __iter__(self):

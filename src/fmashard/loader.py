@@ -18,20 +18,32 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
 from fmashard.errors import DamagedHeaderError, DataError, ErrorPolicy, StorageError, TruncatedShardError, log
-from fmashard.plan import PlanConfig, WorkerPlan, round_robin, worker_plan
+from fmashard.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
+from fmashard.records import LocalShard, ParallelReads, is_local
+from fmashard import recycle
 from fmashard.sources import DatasetSpec
-from fmashard.tarstream import RecordReader
+from fmashard.tarstream import PREAMBLE, RecordReader, padded
+
+
+READ_CHUNK = 4   # local shards: consecutive records per thread job
+ROW_ALIGN = 64   # bytes: each batch row starts on a cache line (see _Buffers)
 
 
 @dataclass
 class HostBatch:
-    audio: torch.Tensor        # (B, clip_samples) int16 or float16, raw from the shard
-    labels: torch.Tensor       # (B,) int64
-    track_ids: torch.Tensor    # (B,) int64
+    audio: torch.Tensor        # (B, clip_samples) int16 or float16, raw from the shard; rows may be
+    labels: torch.Tensor       # padded to 64 bytes (audio.stride(0) >= clip_samples): see rows()
+    track_ids: torch.Tensor    # (B,) int64 each
     skipped: int = 0           # samples skipped (on_error="skip") since the previous batch
 
+    def rows(self) -> torch.Tensor:
+        """The audio with its row padding: one dense block, what a host-to-device copy should move
+        (then slice [:, :clip_samples] on the device)."""
+        a = self.audio
+        return a.as_strided((a.shape[0], a.stride(0)), (a.stride(0), 1))
+
     def pin_memory(self):
-        return replace(self, audio=self.audio.pin_memory())
+        return replace(self, audio=self.rows().pin_memory()[:, : self.audio.shape[1]])
 
     def __len__(self):
         return self.audio.shape[0]
@@ -51,10 +63,12 @@ class LoaderConfig:
     world_size: int | None = None
     pin_memory: bool | None = None
     allow_pipe: bool = False
-    prefetch: int = 2          # with num_workers=0: batches read ahead by a background thread (0 = off)
+    prefetch: int = 2          # num_workers=0, streamed (http/s3/pipe) shards: batches a background thread
+                               # reads ahead (0 = off).  Local shards are read ahead by the read threads.
+    read_threads: int = 2      # local shards: threads copying records at once (1 = in the loader's thread)
 
     def __post_init__(self):
-        for name in ("batch_size", "shuffle_buffer"):
+        for name in ("batch_size", "shuffle_buffer", "read_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
@@ -76,48 +90,40 @@ def dist_rank_world(cfg: LoaderConfig) -> tuple[int, int]:
 
 
 class _Buffers:
-    """Pending batch buffers, allocated on first use and handed out when full."""
+    """Pending batch buffers, allocated on first use (recycled ones when the consumer let go of
+    them: no page faults, no zeroing) and handed out when full."""
 
-    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool):
+    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool, pending: int = 8):
         self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
         self.dtype = getattr(torch, spec.dtype)
         self.live: dict[int, tuple] = {}
-        self.recycle = not (pin or shared)   # pinned: torch's caching host allocator reuses them
-        self.pool: list[torch.Tensor] = []   # buffers handed out before; reused once nobody holds them
+        self.keep = pending + 8   # pending buffers, the read-ahead queue and what the consumer holds
 
-    def _allocate(self, rows: int) -> torch.Tensor:
-        """A (rows, clip_samples) buffer: a recycled one when the consumer has let go of it (no page
-        faults, no zeroing of fresh memory), else a new one."""
-        if self.recycle:
-            for i, audio in enumerate(self.pool):
-                if audio.shape[0] == rows and _unused(audio):
-                    return self.pool.pop(i)
-        audio = torch.empty((rows, self.spec.clip_samples), dtype=self.dtype, pin_memory=self.pin)
-        if self.shared:
-            audio.share_memory_()
-        return audio
-
-    def _remember(self, audio: torch.Tensor) -> None:
-        if self.recycle:
-            self.pool = self.pool[-7:] + [audio]  # a consumer holding more batches simply gets new ones
+    def _allocate(self) -> torch.Tensor:
+        """(B, row) with row = clip_samples rounded up to 64 bytes.  The audio of every record sits
+        64-byte aligned in the shard file, and the kernel's page-cache copy runs at full speed only
+        when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
+        multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
+        per_row = ROW_ALIGN // self.dtype.itemsize
+        shape = (self.batch_size, -(-self.spec.clip_samples // per_row) * per_row)
+        if self.shared:           # it leaves for the main process: a fresh shared-memory buffer
+            return torch.empty(shape, dtype=self.dtype).share_memory_()
+        if self.pin:              # torch's caching host allocator reuses pinned memory
+            return torch.empty(shape, dtype=self.dtype, pin_memory=True)
+        return recycle.empty(shape, self.dtype, keep=self.keep)
 
     def slot(self, buffer: int, slot: int):
-        if buffer not in self.live:
-            audio = self._allocate(self.batch_size)
+        """(writable bytes of the audio row, its meta row) of a slot of a pending buffer."""
+        live = self.live.get(buffer)
+        if live is None:
+            audio = self._allocate()
             meta = np.zeros((self.batch_size, 3), dtype=np.int64)  # label, track id, valid
-            self.live[buffer] = (audio, meta)
-        audio, meta = self.live[buffer]
-        return audio[slot].view(torch.uint8).numpy(), meta[slot]
+            live = self.live[buffer] = (audio, meta, audio.view(torch.uint8).numpy()[:, : self.spec.sample_bytes])
+        return live[2][slot], live[1][slot]
 
     def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
-        audio, meta = self.live.pop(buffer)
-        self._remember(audio)
-        return audio[:size], meta[:size]
-
-
-def _unused(audio: torch.Tensor) -> bool:
-    """True when only the pool holds this buffer (no batch, view or window of it is alive)."""
-    return torch._C._storage_Use_Count(audio.untyped_storage()._cdata) <= 2
+        audio, meta, _ = self.live.pop(buffer)
+        return audio[:size, : self.spec.clip_samples], meta[:size]
 
 
 def _finish(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
@@ -132,12 +138,21 @@ class WorkerStream:
     `start` batches of the plan were already delivered (resume)."""
 
     def __init__(self, spec: DatasetSpec, plan: WorkerPlan, policy: ErrorPolicy, buffers: _Buffers,
-                 start: int = 0, allow_pipe: bool = False):
+                 start: int = 0, allow_pipe: bool = False, read_threads: int = 1):
         self.spec, self.plan, self.policy, self.buffers = spec, plan, policy, buffers
-        self.start, self.allow_pipe = start, allow_pipe
+        self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
         self._reported = policy.num_skipped
+        self._fixed = spec.record_bytes - padded(spec.sample_bytes) == PREAMBLE
+        self._reads: ParallelReads | None = None
 
     def __iter__(self):
+        self._reads = ParallelReads(self.read_threads, depth=2 * self.read_threads)
+        try:
+            yield from self._batches()
+        finally:
+            self._reads.close()
+
+    def _batches(self):
         bp = self.plan.batches
         cut = bp.cut_ordinal(self.start)
         emitted = {b for b, _, _ in bp.full[: self.start]}
@@ -173,6 +188,9 @@ class WorkerStream:
 
     def _read_run(self, run: list[int]):
         seg, first = self.plan.locate(run[0])
+        if self._fixed and is_local(seg.url):
+            yield from self._read_local(seg.url, first, run)
+            return
         done = 0
         while done < len(run):
             try:
@@ -191,6 +209,39 @@ class WorkerStream:
                 self.policy.handle(exc, lost=len(run) - done)
                 yield from run[done:]
                 return
+
+    def _read_local(self, url: str, first: int, run: list[int]):
+        """Local shard: each record read in place (`records.LocalShard`), a few at once."""
+        bp = self.plan.batches
+        try:
+            shard = LocalShard(url, self.spec.record_bytes, self.spec.sample_bytes, self.spec.audio_ext)
+        except StorageError as exc:
+            if self.policy.mode == "raise":
+                raise
+            self.policy.handle(DataError(url, None, str(exc)), lost=len(run))
+            yield from run
+            return
+        try:
+            for at in range(0, len(run), READ_CHUNK):
+                chunk = run[at:at + READ_CHUNK]
+                slots, metas = zip(*(self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s])) for s in chunk))
+                for tag, read in self._reads.submit((chunk, metas), shard.read_many, first + at, slots):
+                    yield from self._settle(tag, read)
+            for tag, read in self._reads.drain():
+                yield from self._settle(tag, read)
+        finally:
+            self._reads.close_pending()
+            shard.close()
+
+    def _settle(self, tag, read):
+        """Wait for one job; fill in the meta rows of its samples, or hand their errors to the policy.
+        Yields each ordinal."""
+        for s, meta, sample in zip(*tag, read.result()):
+            if isinstance(sample, DataError):
+                self.policy.handle(sample)
+            else:
+                meta[0], meta[1], meta[2] = sample.label, _track_id(sample.key), 1
+            yield s
 
     def _read_records(self, url: str, first: int, ordinals: list[int]):
         """Generator: one stream over the records [first, first+len(ordinals)); yields per sample."""
@@ -272,8 +323,10 @@ class _WorkerDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = ((info.id + self.rotation) % info.num_workers, info.num_workers) if info else (0, 1)
         plan = worker_plan(self.spec, self.cfg.plan_config(), self.epoch, self.rank, self.world, worker, workers)
-        buffers = _Buffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None)
-        yield from WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe)
+        buffers = _Buffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None,
+                           pending=plan.pending)
+        yield from WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe,
+                                self.cfg.read_threads)
 
 
 class ShardLoader:
@@ -301,9 +354,10 @@ class ShardLoader:
         self.skipped_this_epoch = 0
 
     def _counts(self, epoch: int) -> list[int]:
-        workers = max(1, self.config.num_workers)
-        return [worker_plan(self.spec, self.config.plan_config(), epoch, self.rank, self.world, w,
-                            workers).batches.num_batches for w in range(workers)]
+        """Batches per worker this epoch (the same every epoch: only the order changes)."""
+        workers, cfg = max(1, self.config.num_workers), self.config.plan_config()
+        return [batch_count(worker_samples(self.spec, cfg, self.rank, self.world, w, workers),
+                            cfg.batch_size, cfg.drop_last) for w in range(workers)]
 
     def __len__(self) -> int:
         return sum(self._counts(self.epoch))
@@ -333,7 +387,9 @@ class ShardLoader:
         self.delivered, self.skipped_this_epoch = self._resume, 0
         dataset = _WorkerDataset(self, self.epoch, starts, rotation)
         if self.config.num_workers == 0:
-            source = iter(dataset) if not self.config.prefetch else read_ahead(dataset, self.config.prefetch)
+            local = self.config.read_threads > 1 and all(is_local(sh.url) for sh in self.spec.shards)
+            ahead = 0 if local else self.config.prefetch
+            source = read_ahead(dataset, ahead) if ahead else iter(dataset)
         else:
             source = iter(DataLoader(dataset, batch_size=None, num_workers=self.config.num_workers,
                                      pin_memory=self.pin_by_loader, prefetch_factor=2))

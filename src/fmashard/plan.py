@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,10 +99,13 @@ def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Genera
         cap[-1] -= short
     last = None
     next_id, free = count, count * batch_size - (cap[-1] != batch_size) * short
-    draws = rng.random(n)
+    draws = rng.random(n).tolist()
     for s in range(n):
-        cum = np.cumsum([c - f for c, f in zip(cap, fill)]).tolist()
-        j = min(bisect.bisect_right(cum, draws[s] * cum[-1]), len(pending) - 1)
+        x, j = draws[s] * free, 0          # the slot: walk the (few) buffers by their free slots
+        acc = cap[0] - fill[0]
+        while acc <= x and j < len(pending) - 1:
+            j += 1
+            acc += cap[j] - fill[j]
         buffer_of[s], slot_of[s] = pending[j], fill[j]
         fill[j] += 1
         free -= 1
@@ -131,6 +133,7 @@ def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Genera
 class WorkerPlan:
     segments: tuple[Segment, ...]
     batches: BatchPlan
+    pending: int = 1          # batch buffers filled at once (the shuffle buffer, in batches)
 
     @property
     def num_samples(self) -> int:
@@ -155,6 +158,18 @@ class PlanConfig:
     equal_ranks: bool = True
 
 
+def batch_count(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches a plan of n samples emits (every batch full but the last)."""
+    return n // batch_size + (1 if n % batch_size and not drop_last else 0)
+
+
+def worker_samples(spec: DatasetSpec, cfg: "PlanConfig", rank: int, world: int, worker: int,
+                   num_workers: int) -> int:
+    r_lo, r_hi = split_range(spec.num_samples, rank, world, cfg.equal_ranks)
+    w_lo, w_hi = split_range(r_hi - r_lo, worker, num_workers, False)
+    return w_hi - w_lo
+
+
 def worker_plan(spec: DatasetSpec, cfg: PlanConfig, epoch: int, rank: int, world: int,
                 worker: int, num_workers: int) -> WorkerPlan:
     order = shard_order(len(spec.shards), cfg.seed, epoch, cfg.shuffle)
@@ -164,7 +179,7 @@ def worker_plan(spec: DatasetSpec, cfg: PlanConfig, epoch: int, rank: int, world
     n = w_hi - w_lo
     buffers = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1
     rng = np.random.default_rng([cfg.seed, epoch, rank, world, worker, num_workers])
-    return WorkerPlan(tuple(segments), make_batch_plan(n, cfg.batch_size, buffers, rng, cfg.drop_last))
+    return WorkerPlan(tuple(segments), make_batch_plan(n, cfg.batch_size, buffers, rng, cfg.drop_last), buffers)
 
 
 def round_robin(counts: list[int], done: int) -> tuple[list[int], int]:

@@ -229,16 +229,20 @@ def _s3_request(url: str, fn, retry: RetryPolicy | None = None):
 
 
 # ---------------------------------------------------------------- opening a byte range
-def _open_local(url: str, start: int, end: int | None):
-    path = local_path(url)
+def open_local(url: str):
+    """An unbuffered binary file for a local path or file:// URL; errors name the URL."""
     try:
-        f = open(path, "rb", buffering=0)
+        return open(local_path(url), "rb", buffering=0)
     except FileNotFoundError:
         raise NotFoundError(url, "no such file") from None
     except PermissionError:
         raise AuthError(url, "permission denied") from None
     except IsADirectoryError:
         raise StorageError(url, "is a folder, expected a file") from None
+
+
+def _open_local(url: str, start: int, end: int | None):
+    f = open_local(url)
     if start:
         f.seek(start)
     return f, os.fstat(f.fileno()).st_size

@@ -1,0 +1,115 @@
+"""Samples stage, local shards: records read in place, several at once.
+
+fmashard records have a fixed size, so sample i of a local shard starts at byte i * record_bytes.  A
+read is two `pread`s: the five small blocks (headers, label, metadata), then the audio straight into
+its batch slot.  `pread` needs no shared file position and releases the GIL, so a small thread pool
+copies several records from the page cache at once; one thread alone leaves much of the memory
+bandwidth unused (benchmarks/README.md).  Threads take a few consecutive records per job, so the
+hand-offs cost little.  A record the fast parse does not recognise is read by the general parser,
+which names the fault.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from fmashard import storage
+from fmashard.errors import DataError, TruncatedShardError
+from fmashard.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, _parse_preamble
+
+
+class LocalShard:
+    """Random access to the records of one local shard file."""
+
+    def __init__(self, url: str, record_bytes: int, sample_bytes: int, audio_ext: str):
+        self.url, self.rb, self.sample_bytes, self.audio_ext = url, record_bytes, sample_bytes, audio_ext
+        self.suffix = ("." + audio_ext).encode()
+        self.file = storage.open_local(url)
+        self.fd = self.file.fileno()
+
+    def read(self, index: int, slot) -> Sample:
+        """Record `index`, its audio copied into `slot`; a `DataError` naming shard and key if bad."""
+        at = index * self.rb
+        head = _parse_preamble(os.pread(self.fd, PREAMBLE, at), self.sample_bytes, self.suffix)
+        if head is None:
+            return self.read_general(index, slot)
+        if os.preadv(self.fd, [slot], at + PREAMBLE) < self.sample_bytes:
+            raise TruncatedShardError(self.url, head[0], f"shard ends inside {head[0]}.{self.audio_ext} (truncated)")
+        return Sample(head[0], head[1], True)
+
+    def read_many(self, first: int, slots: list) -> list:
+        """Records first, first+1, ... into `slots`: a Sample or the DataError of each (one bad
+        record costs only itself).  One job for a thread: fewer hand-offs than one per record."""
+        out = []
+        for i, slot in enumerate(slots):
+            try:
+                out.append(self.read(first + i, slot))
+            except DataError as exc:
+                out.append(exc)
+        return out
+
+    def read_general(self, index: int, slot) -> Sample:
+        """Any other record: the general parser over its bytes, which names what is wrong."""
+        at = index * self.rb
+        # one block more: the next record's first header (or the end-of-archive block) ends this one
+        with storage.open_stream(self.url, at, at + self.rb + BLOCK) as stream:
+            sample = RecordReader(stream, self.url, self.sample_bytes, self.audio_ext).read_sample(slot)
+        if sample is None:
+            raise TruncatedShardError(self.url, None, f"shard ends before sample {index} (truncated)")
+        return sample
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def is_local(url: str) -> bool:
+    return storage.scheme_of(url) in ("local", "file")
+
+
+class ParallelReads:
+    """Reads submitted in order, results taken in the same order, at most `depth` in flight."""
+
+    def __init__(self, threads: int, depth: int):
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fmashard-pread") if threads > 1 else None
+        self.depth, self.inflight = depth, deque()
+
+    def submit(self, tag, fn, *args) -> list:
+        """Queue fn(*args); returns the (tag, future-or-result-thunk) pairs now due, oldest first."""
+        self.inflight.append((tag, self.pool.submit(fn, *args) if self.pool else _Now(fn, args)))
+        due = []
+        while len(self.inflight) > self.depth:
+            due.append(self.inflight.popleft())
+        return due
+
+    def drain(self) -> list:
+        due, self.inflight = list(self.inflight), deque()
+        return due
+
+    def close_pending(self) -> None:
+        """Cancel what has not started and wait for what has (slots must not be written later)."""
+        for _, fut in self.inflight:
+            if not fut.cancel():
+                try:
+                    fut.result()
+                except Exception:  # noqa: BLE001 - abandoned read; its error no longer matters
+                    pass
+        self.inflight.clear()
+
+    def close(self) -> None:
+        self.close_pending()
+        if self.pool:
+            self.pool.shutdown(wait=True)
+
+
+class _Now:
+    """A call made when its result is asked for (no pool: reads happen in the caller's thread)."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)
+
+    def cancel(self):
+        return True
