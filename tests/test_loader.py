@@ -33,6 +33,16 @@ def test_batches_hold_the_exact_audio_and_labels(shards):
             assert np.array_equal(row.numpy(), truth[tid][0]) and label == truth[tid][1]
 
 
+def test_read_threads_change_speed_not_batches(shards):
+    spec = resolve_source(shards[0])
+    def batches(threads):
+        return [(b.track_ids.tolist(), b.audio.clone()) for b in
+                ShardLoader(spec, LoaderConfig(batch_size=4, seed=1, read_threads=threads))]
+    one, three = batches(1), batches(3)
+    assert [ids for ids, _ in one] == [ids for ids, _ in three]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(one, three))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_sample_once_across_workers_and_ranks(shards, workers):
     root, truth = shards

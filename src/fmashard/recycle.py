@@ -18,8 +18,8 @@ _cache: dict[tuple, list[torch.Tensor]] = {}
 
 
 def unused(t: torch.Tensor) -> bool:
-    """True when only the cache's own tensor refers to this storage (the temporary storage object
-    made to ask counts as one more)."""
+    """True when only the cache's own tensor refers to this storage: every tensor handed out is an
+    alias, so it and its views count (the temporary storage object made to ask counts as one)."""
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
 
 
@@ -31,13 +31,13 @@ def empty(shape, dtype: torch.dtype, keep: int = 8) -> torch.Tensor:
         for i in range(len(items) - 1, -1, -1):   # the most recently released first: warmest in cache
             if unused(items[i]):
                 t = items.pop(i)
-                items.append(t)
-                return t
-        t = torch.empty(key[0], dtype=dtype)
+                break
+        else:
+            t = torch.empty(key[0], dtype=dtype)
         items.append(t)
         if len(items) > keep:        # forget the oldest; whoever holds it keeps it
             del items[0]
-        return t
+        return t.view(t.shape)       # an alias: while it (or any view of it) lives, the count says so
 
 
 def clear() -> None:
