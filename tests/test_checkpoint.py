@@ -123,7 +123,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     order_b = [r["track_ids"] for r in read_jsonl(tmp_path / "b" / "steps.jsonl")]
     assert order_b == order_a and len(order_a) == 4
     assert sorted(sum(order_a[:2], [])) == sorted(sum(order_a[2:], []))  # each epoch sees every track once
-    assert order_a[:2] != order_a[2:]                                     # in a new order
+    # (that epochs are reshuffled is test_loader's: with 4 tracks two epochs may well agree by chance)
     a, b = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
     assert a.keys() == b.keys()
     for name in a:

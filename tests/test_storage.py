@@ -24,19 +24,21 @@ def same(a, b):
     return len(a) == len(b) and all(ia == ib and (xa == xb).all() for (ia, xa), (ib, xb) in zip(a, b))
 
 
-def test_http_source_streams_the_same_samples_as_the_folder(shards):
+@pytest.mark.parametrize("threads", [1, 2])   # one stream per run, or ranged requests by read threads
+def test_http_source_streams_the_same_samples_as_the_folder(shards, threads):
     local = batches(shards)
     with FolderServer(shards) as url:
-        assert same(batches(f"{url}/manifest.json"), local)
-        assert same(batches(url), local)  # a folder URL finds its manifest.json
+        assert same(batches(f"{url}/manifest.json", read_threads=threads), local)
+        assert same(batches(url, read_threads=threads), local)  # a folder URL finds its manifest.json
 
 
-def test_a_read_cut_mid_shard_resumes_at_the_byte_it_reached(shards):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_read_cut_mid_shard_resumes_at_the_byte_it_reached(shards, threads):
     local = batches(shards, shuffle=False)
     server = FolderServer(shards)
     with server as url:
         server.handler.faults["/training/training-000001.tar"] = [10_000, 7_000]  # two cuts in a row
-        got = batches(f"{url}/manifest.json", shuffle=False)
+        got = batches(f"{url}/manifest.json", shuffle=False, read_threads=threads)
         ranges = [r for p, r in server.handler.requests if p == "/training/training-000001.tar"]
     assert same(got, local)
     starts = [int(r.split("=")[1].split("-")[0]) for r in ranges if r]

@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -19,13 +20,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from fmashard import storage
 from fmashard.errors import DamagedHeaderError, DataError, ErrorPolicy, StorageError, TruncatedShardError, log
 from fmashard.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.records import LocalShard, ParallelReads, is_local
+from fmashard.records import LocalShard, ParallelReads, is_local, stream_records
 from fmashard import recycle
 from fmashard.sources import DatasetSpec
 from fmashard.tarstream import PREAMBLE, RecordReader, padded
 
 
-READ_CHUNK = 4   # local shards: consecutive records per thread job
+READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)
+STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
 ROW_ALIGN = 64   # bytes: each batch row starts on a cache line (see _Buffers)
 
 
@@ -63,9 +65,10 @@ class LoaderConfig:
     world_size: int | None = None
     pin_memory: bool | None = None
     allow_pipe: bool = False
-    prefetch: int = 2          # num_workers=0, streamed (http/s3/pipe) shards: batches a background thread
-                               # reads ahead (0 = off).  Local shards are read ahead by the read threads.
-    read_threads: int = 2      # local shards: threads copying records at once (1 = in the loader's thread)
+    read_threads: int = 2      # threads reading records at once: a few records per job, one preadv
+                               # (local) or one ranged request (http/s3) each; 1 = in the loader's thread
+    prefetch: int = 2          # num_workers=0 and read_threads=1 (or pipe: URLs): batches a background
+                               # thread reads ahead (0 = off); the read threads read ahead themselves
 
     def __post_init__(self):
         for name in ("batch_size", "shuffle_buffer", "read_threads"):
@@ -190,11 +193,19 @@ class WorkerStream:
         seg, first = self.plan.locate(run[0])
         if self._fixed and is_local(seg.url):
             yield from self._read_local(seg.url, first, run)
-            return
+        elif self._fixed and self.read_threads > 1 and storage.scheme_of(seg.url) != "pipe":
+            job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
+                          record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe)
+            yield from self._read_jobs(job, first, run, STREAM_CHUNK)
+        else:
+            yield from self._read_stream(seg.url, first, run)
+
+    def _read_stream(self, url: str, first: int, run: list[int]):
+        """One stream over the run, read in this thread (pipe: URLs, read_threads=1, other layouts)."""
         done = 0
         while done < len(run):
             try:
-                for _ in self._read_records(seg.url, first + done, run[done:]):
+                for _ in self._read_records(url, first + done, run[done:]):
                     yield run[done]
                     done += 1
             except DamagedHeaderError as exc:  # resync at the next record boundary
@@ -204,15 +215,12 @@ class WorkerStream:
             except (TruncatedShardError, StorageError) as exc:
                 if self.policy.mode == "raise":
                     raise
-                if not isinstance(exc, DataError):
-                    exc = DataError(seg.url, None, str(exc))
-                self.policy.handle(exc, lost=len(run) - done)
+                self.policy.handle(_as_data_error(exc, self.policy), lost=len(run) - done)
                 yield from run[done:]
                 return
 
     def _read_local(self, url: str, first: int, run: list[int]):
-        """Local shard: each record read in place (`records.LocalShard`), a few at once."""
-        bp = self.plan.batches
+        """Local shard: records read in place (`records.LocalShard`), a few at once."""
         try:
             shard = LocalShard(url, self.spec.record_bytes, self.spec.sample_bytes, self.spec.audio_ext)
         except StorageError as exc:
@@ -222,25 +230,37 @@ class WorkerStream:
             yield from run
             return
         try:
-            for at in range(0, len(run), READ_CHUNK):
-                chunk = run[at:at + READ_CHUNK]
-                slots, metas = zip(*(self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s])) for s in chunk))
-                for tag, read in self._reads.submit((chunk, metas), shard.read_many, first + at, slots):
+            yield from self._read_jobs(shard.read_many, first, run, READ_CHUNK)
+        finally:
+            shard.close()
+
+    def _read_jobs(self, job, first: int, run: list[int], chunk: int):
+        """The run in chunks of consecutive records, each a job(first record, slots) for the read
+        threads; results settled in order."""
+        bp = self.plan.batches
+        try:
+            for at in range(0, len(run), chunk):
+                part = run[at:at + chunk]
+                slots, metas = zip(*(self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s])) for s in part))
+                for tag, read in self._reads.submit((part, metas), job, first + at, list(slots)):
                     yield from self._settle(tag, read)
             for tag, read in self._reads.drain():
                 yield from self._settle(tag, read)
         finally:
             self._reads.close_pending()
-            shard.close()
 
     def _settle(self, tag, read):
-        """Wait for one job; fill in the meta rows of its samples, or hand their errors to the policy.
-        Yields each ordinal."""
-        for s, meta, sample in zip(*tag, read.result()):
-            if isinstance(sample, DataError):
-                self.policy.handle(sample)
-            else:
+        """Wait for one job; fill in the meta rows of its samples, or hand their errors to the policy
+        (one error standing for several lost samples is reported once).  Yields each ordinal."""
+        results = read.result()
+        for i, (s, meta, sample) in enumerate(zip(*tag, results)):
+            if not isinstance(sample, Exception):
                 meta[0], meta[1], meta[2] = sample.label, _track_id(sample.key), 1
+            elif i == 0 or results[i - 1] is not sample:
+                lost = 1
+                while i + lost < len(results) and results[i + lost] is sample:
+                    lost += 1
+                self.policy.handle(_as_data_error(sample, self.policy), lost=lost)
             yield s
 
     def _read_records(self, url: str, first: int, ordinals: list[int]):
@@ -264,6 +284,16 @@ class WorkerStream:
                                                          "manifest promised more (truncated)")
                 meta[0], meta[1], meta[2] = sample.label, _track_id(sample.key), 1
                 yield s
+
+
+def _as_data_error(exc: Exception, policy: ErrorPolicy) -> DataError:
+    """A storage error that outlasted its retries stops the run as itself in raise mode; in skip
+    mode it costs the samples it made unreadable, like a data error."""
+    if isinstance(exc, DataError):
+        return exc
+    if policy.mode == "raise":
+        raise exc
+    return DataError(exc.url, None, str(exc).removeprefix(f"{exc.url}: "))
 
 
 def _track_id(key: str) -> int:
@@ -387,8 +417,8 @@ class ShardLoader:
         self.delivered, self.skipped_this_epoch = self._resume, 0
         dataset = _WorkerDataset(self, self.epoch, starts, rotation)
         if self.config.num_workers == 0:
-            local = self.config.read_threads > 1 and all(is_local(sh.url) for sh in self.spec.shards)
-            ahead = 0 if local else self.config.prefetch
+            pooled = self.config.read_threads > 1 and not any(sh.url.startswith("pipe:") for sh in self.spec.shards)
+            ahead = 0 if pooled else self.config.prefetch   # the read threads read ahead themselves
             source = read_ahead(dataset, ahead) if ahead else iter(dataset)
         else:
             source = iter(DataLoader(dataset, batch_size=None, num_workers=self.config.num_workers,

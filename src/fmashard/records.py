@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from fmashard import storage
-from fmashard.errors import DataError, TruncatedShardError
+from fmashard.errors import DamagedHeaderError, DataError, StorageError, TruncatedShardError
 from fmashard.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, _parse_preamble
 
 
@@ -67,11 +67,42 @@ class LocalShard:
         with storage.open_stream(self.url, at, at + self.rb + BLOCK) as stream:
             sample = RecordReader(stream, self.url, self.sample_bytes, self.audio_ext).read_sample(slot)
         if sample is None:
-            raise TruncatedShardError(self.url, None, f"shard ends before sample {index} (truncated)")
+            raise TruncatedShardError(self.url, None, f"shard ends after {index} samples; the manifest "
+                                                      "promised more (truncated)")
         return sample
 
     def close(self) -> None:
         self.file.close()
+
+
+def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_ext: str, record_bytes: int,
+                   allow_pipe: bool = False) -> list:
+    """Records first, first+1, ... of a streamed (http/s3) shard into `slots`, over one ranged
+    request: a Sample or the error of each (a DataError, or the StorageError of a read that outlasted
+    its retries).  A damaged header costs its record (the stream is reopened at the next one); a
+    truncated shard or a storage error costs the rest of the range (the same error object for each)."""
+    out, end = [], (first + len(slots)) * record_bytes
+    while len(out) < len(slots):
+        try:
+            with storage.open_stream(url, (first + len(out)) * record_bytes, end, allow_pipe=allow_pipe) as stream:
+                reader = RecordReader(stream, url, sample_bytes, audio_ext, record_bytes)
+                while len(out) < len(slots):
+                    try:
+                        sample = reader.read_sample(slots[len(out)])
+                    except (DamagedHeaderError, TruncatedShardError):
+                        raise
+                    except DataError as exc:       # its members were consumed: the stream goes on
+                        out.append(exc)
+                        continue
+                    if sample is None:
+                        raise TruncatedShardError(url, None, f"shard ends after {first + len(out)} samples; "
+                                                             "the manifest promised more (truncated)")
+                    out.append(sample)
+        except DamagedHeaderError as exc:          # resync at the next record boundary
+            out.append(exc)
+        except (TruncatedShardError, StorageError) as exc:
+            out += [exc] * (len(slots) - len(out))
+    return out
 
 
 def is_local(url: str) -> bool:
