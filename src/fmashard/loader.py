@@ -1,7 +1,7 @@
-"""Collate stage: `ShardLoader` turns a `DatasetSpec` into host batches of raw audio.
+"""Samples stage: `ShardLoader` turns a `DatasetSpec` into host batches of raw audio.
 
-Each batch is one contiguous `(B, clip_samples)` int16 (or float16) tensor — pinned when CUDA is
-present — with labels and track ids.  No float conversion or windowing happens here: that is the
+Each batch is one `(B, clip_samples)` int16 (or float16) view of a dense buffer with 64-byte rows
+(`fmashard.collate`) — pinned when CUDA is present — with labels and track ids.  No float conversion or windowing happens here: that is the
 device stage's job.  The loader knows its exact length per epoch, splits work over ranks and
 DataLoader workers, and has `state_dict()` / `load_state_dict()` for exact mid-epoch resume.
 """
@@ -10,47 +10,23 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
+from fmashard.collate import BatchBuffers, HostBatch, finish_batch  # noqa: F401 - HostBatch re-exported
 from fmashard.errors import DamagedHeaderError, DataError, ErrorPolicy, StorageError, TruncatedShardError, log
 from fmashard.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
 from fmashard.records import LocalShard, ParallelReads, is_local, stream_records
-from fmashard import recycle
 from fmashard.sources import DatasetSpec
 from fmashard.tarstream import PREAMBLE, RecordReader, padded
 
 
 READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)
 STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
-ROW_ALIGN = 64   # bytes: each batch row starts on a cache line (see _Buffers)
-
-
-@dataclass
-class HostBatch:
-    audio: torch.Tensor        # (B, clip_samples) int16 or float16, raw from the shard; rows may be
-    labels: torch.Tensor       # padded to 64 bytes (audio.stride(0) >= clip_samples): see rows()
-    track_ids: torch.Tensor    # (B,) int64 each
-    skipped: int = 0           # samples skipped (on_error="skip") since the previous batch
-
-    def rows(self) -> torch.Tensor:
-        """The audio with its row padding: one dense block, what a host-to-device copy should move
-        (then slice [:, :clip_samples] on the device)."""
-        a = self.audio
-        return a.as_strided((a.shape[0], a.stride(0)), (a.stride(0), 1))
-
-    def pin_memory(self):
-        return replace(self, audio=self.rows().pin_memory()[:, : self.audio.shape[1]])
-
-    def __len__(self):
-        return self.audio.shape[0]
-
-
 @dataclass(frozen=True)
 class LoaderConfig:
     batch_size: int = 8
@@ -92,55 +68,11 @@ def dist_rank_world(cfg: LoaderConfig) -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-class _Buffers:
-    """Pending batch buffers, allocated on first use (recycled ones when the consumer let go of
-    them: no page faults, no zeroing) and handed out when full."""
-
-    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool, pending: int = 8):
-        self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
-        self.dtype = getattr(torch, spec.dtype)
-        self.live: dict[int, tuple] = {}
-        self.keep = pending + 8   # pending buffers, the read-ahead queue and what the consumer holds
-
-    def _allocate(self) -> torch.Tensor:
-        """(B, row) with row = clip_samples rounded up to 64 bytes.  The audio of every record sits
-        64-byte aligned in the shard file, and the kernel's page-cache copy runs at full speed only
-        when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
-        multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
-        per_row = ROW_ALIGN // self.dtype.itemsize
-        shape = (self.batch_size, -(-self.spec.clip_samples // per_row) * per_row)
-        if self.shared:           # it leaves for the main process: a fresh shared-memory buffer
-            return torch.empty(shape, dtype=self.dtype).share_memory_()
-        if self.pin:              # torch's caching host allocator reuses pinned memory
-            return torch.empty(shape, dtype=self.dtype, pin_memory=True)
-        return recycle.empty(shape, self.dtype, keep=self.keep)
-
-    def slot(self, buffer: int, slot: int):
-        """(writable bytes of the audio row, its meta row) of a slot of a pending buffer."""
-        live = self.live.get(buffer)
-        if live is None:
-            audio = self._allocate()
-            meta = np.zeros((self.batch_size, 3), dtype=np.int64)  # label, track id, valid
-            live = self.live[buffer] = (audio, meta, audio.view(torch.uint8).numpy()[:, : self.spec.sample_bytes])
-        return live[2][slot], live[1][slot]
-
-    def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
-        audio, meta, _ = self.live.pop(buffer)
-        return audio[:size, : self.spec.clip_samples], meta[:size]
-
-
-def _finish(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
-    valid = meta[:, 2].astype(bool)
-    if not valid.all():
-        audio, meta = audio[torch.from_numpy(valid)], meta[valid]
-    return HostBatch(audio, torch.from_numpy(meta[:, 0].copy()), torch.from_numpy(meta[:, 1].copy()), skipped)
-
-
 class WorkerStream:
     """Executes one worker's plan: stream samples into their slots, emit batches in plan order.
     `start` batches of the plan were already delivered (resume)."""
 
-    def __init__(self, spec: DatasetSpec, plan: WorkerPlan, policy: ErrorPolicy, buffers: _Buffers,
+    def __init__(self, spec: DatasetSpec, plan: WorkerPlan, policy: ErrorPolicy, buffers: BatchBuffers,
                  start: int = 0, allow_pipe: bool = False, read_threads: int = 1):
         self.spec, self.plan, self.policy, self.buffers = spec, plan, policy, buffers
         self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
@@ -166,7 +98,7 @@ class WorkerStream:
             while nxt < len(bp.full) and bp.full[nxt][1] <= s:
                 buffer, _, size = bp.full[nxt]
                 nxt += 1
-                yield _finish(*self.buffers.take(buffer, size), self._skipped_since())
+                yield finish_batch(*self.buffers.take(buffer, size), self._skipped_since())
         self.buffers.live.clear()
 
     def _skipped_since(self) -> int:
@@ -353,7 +285,7 @@ class _WorkerDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = ((info.id + self.rotation) % info.num_workers, info.num_workers) if info else (0, 1)
         plan = worker_plan(self.spec, self.cfg.plan_config(), self.epoch, self.rank, self.world, worker, workers)
-        buffers = _Buffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None,
+        buffers = BatchBuffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None,
                            pending=plan.pending)
         yield from WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe,
                                 self.cfg.read_threads)

@@ -1,0 +1,83 @@
+"""Collate stage: the host batch buffers samples are read into, and the batches handed out.
+
+A batch is one (B, row) buffer of raw int16 (or float16) audio, row = clip_samples rounded up to 64
+bytes, pinned when CUDA is present; `HostBatch.audio` is its (B, clip_samples) view.  Buffers are
+reused once the consumer lets go of them (`fmashard.recycle`), so steady state allocates nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from fmashard import recycle
+from fmashard.sources import DatasetSpec
+
+ROW_ALIGN = 64   # bytes: each batch row starts on a cache line (see BatchBuffers)
+
+
+@dataclass
+class HostBatch:
+    audio: torch.Tensor        # (B, clip_samples) int16 or float16, raw from the shard; rows may be
+    labels: torch.Tensor       # padded to 64 bytes (audio.stride(0) >= clip_samples): see rows()
+    track_ids: torch.Tensor    # (B,) int64 each
+    skipped: int = 0           # samples skipped (on_error="skip") since the previous batch
+
+    def rows(self) -> torch.Tensor:
+        """The audio with its row padding: one dense block, what a host-to-device copy should move
+        (then slice [:, :clip_samples] on the device)."""
+        a = self.audio
+        return a.as_strided((a.shape[0], a.stride(0)), (a.stride(0), 1))
+
+    def pin_memory(self):
+        return replace(self, audio=self.rows().pin_memory()[:, : self.audio.shape[1]])
+
+    def __len__(self):
+        return self.audio.shape[0]
+
+
+class BatchBuffers:
+    """Pending batch buffers, allocated on first use (recycled ones when the consumer let go of
+    them: no page faults, no zeroing) and handed out when full."""
+
+    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool, pending: int = 8):
+        self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
+        self.dtype = getattr(torch, spec.dtype)
+        self.live: dict[int, tuple] = {}
+        self.keep = pending + 8   # pending buffers, the read-ahead queue and what the consumer holds
+
+    def _allocate(self) -> torch.Tensor:
+        """(B, row) with row = clip_samples rounded up to 64 bytes.  The audio of every record sits
+        64-byte aligned in the shard file, and the kernel's page-cache copy runs at full speed only
+        when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
+        multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
+        per_row = ROW_ALIGN // self.dtype.itemsize
+        shape = (self.batch_size, -(-self.spec.clip_samples // per_row) * per_row)
+        if self.shared:           # it leaves for the main process: a fresh shared-memory buffer
+            return torch.empty(shape, dtype=self.dtype).share_memory_()
+        if self.pin:              # torch's caching host allocator reuses pinned memory
+            return torch.empty(shape, dtype=self.dtype, pin_memory=True)
+        return recycle.empty(shape, self.dtype, keep=self.keep)
+
+    def slot(self, buffer: int, slot: int):
+        """(writable bytes of the audio row, its meta row) of a slot of a pending buffer."""
+        live = self.live.get(buffer)
+        if live is None:
+            audio = self._allocate()
+            meta = np.zeros((self.batch_size, 3), dtype=np.int64)  # label, track id, valid
+            live = self.live[buffer] = (audio, meta, audio.view(torch.uint8).numpy()[:, : self.spec.sample_bytes])
+        return live[2][slot], live[1][slot]
+
+    def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
+        audio, meta, _ = self.live.pop(buffer)
+        return audio[:size, : self.spec.clip_samples], meta[:size]
+
+
+def finish_batch(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
+    """A HostBatch from a filled buffer and its meta rows (label, track id, valid); rows whose
+    sample was skipped are left out."""
+    valid = meta[:, 2].astype(bool)
+    if not valid.all():
+        audio, meta = audio[torch.from_numpy(valid)], meta[valid]
+    return HostBatch(audio, torch.from_numpy(meta[:, 0].copy()), torch.from_numpy(meta[:, 1].copy()), skipped)
