@@ -50,15 +50,17 @@ def markdown(report: dict) -> str:
             "naive": "7 float windows per track (lists)", "naive-mp3": "7 float windows per track (lists)"}
     for r in rows:
         t = r["tracks_per_s"]
-        ratio = lambda k: f"{r[k]:.1f}×" if k in r else "—"  # noqa: E731
-        share = f"{r['share_of_raw']:.0%}" if "share_of_raw" in r else "—"
+        ratio = lambda k: f"{r[k]:.1f}× ({r[k + '_paired']:.1f}×)" if k in r else "—"  # noqa: E731
+        share = f"{r['share_of_raw']:.0%} ({r['share_of_raw_paired']:.0%})" if "share_of_raw" in r else "—"
         lines.append(f"| `{r['loader']}` ({r['workers']}w) | {what.get(r['loader'], '')} | "
                      f"{t['median']:.0f} ({t['min']:.0f}–{t['max']:.0f}) | {r['windows_per_s']['median']:.0f} | "
                      f"{ratio('x_naive')} | {ratio('x_naive_mp3')} | {share} |")
     m = env["machine"]
     lines.append("")
     lines.append(f"Method: {rows[0]['tracks']} tracks of the training split, batch {report['config']['batch_size']}, "
-                 f"{report['config']['rounds']} interleaved rounds after a warm-up round, page cache warm, "
+                 f"{report['config']['rounds']} interleaved rounds after a warm-up round (in each, a loader repeats "
+                 f"its pass until {report['config'].get('min_seconds', 0):g} s have passed), page cache warm; ratios of "
+                 f"medians (paired: median of the per-round ratios), "
                  f"torch threads {env.get('torch_threads')}; {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB, "
                  f"no GPU (device-side steps on the CPU); commit `{env['commit']}`; "
                  f"command `{env['command']}`.")

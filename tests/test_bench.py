@@ -32,7 +32,7 @@ def test_bench_command_reports_every_loader_over_the_same_tracks(builds, tmp_pat
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run([sys.executable, "-m", "fmashard", "bench", "--shards", str(out / "shards"),
                            "--naive", str(out / "files"), "--fma-dir", str(fma), "--loaders", ",".join(loaders),
-                           "--rounds", "2", "--max-tracks", "12", "--batch-size", "4",
+                           "--rounds", "2", "--max-tracks", "12", "--batch-size", "4", "--min-seconds", "0.2",
                            "--json", str(json_path), "--plot", str(png_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -48,6 +48,8 @@ def test_bench_command_reports_every_loader_over_the_same_tracks(builds, tmp_pat
             assert stat["min"] <= stat["median"] <= stat["max"]
         assert row["tracks_per_s"]["median"] > 0
     assert rows["wds"]["x_naive"] > 0 and rows["wds"]["x_naive_mp3"] > 0 and 0 < rows["wds-host"]["share_of_raw"]
+    assert rows["wds"]["x_naive_paired"] > 0 and 0 < rows["wds-host"]["share_of_raw_paired"]
+    assert max(rows["raw"]["passes_per_round"]) > 1          # 12 tracks read raw take far less than 0.2 s
     env = report["environment"]
     assert env["machine"]["cores"] and env["machine"]["ram_gb"] > 0 and env["machine"]["cpu"]
     assert env["versions"]["torch"] and "bench" in env["command"] and env["commit"]
@@ -61,3 +63,17 @@ def test_bench_refuses_unknown_loaders_in_one_line(builds):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "fast" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_measurement_repeats_a_short_pass_and_averages_it():
+    from fmashard.bench import Run, measure
+
+    calls = []
+
+    def runner():
+        calls.append(1)
+        return Run(tracks=10, bytes=100, seconds=0.02 * len(calls), first_batch=0.01, cpu_seconds=0.01,
+                   peak_rss=len(calls), rss_added=1)
+    run = measure(runner, min_seconds=0.1)
+    assert run.passes == len(calls) == 3                   # 0.02 + 0.04 + 0.06 >= 0.1
+    assert run.seconds == pytest.approx(0.04) and run.tracks == 10 and run.peak_rss == 3

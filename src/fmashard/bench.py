@@ -1,7 +1,9 @@
 """`fmashard bench`: every loader over the same tracks, side by side in one process run.
 
 Rounds are interleaved (A B C A B C ...) after one warm-up round, so drift in the machine's state
-(page cache, CPU frequency, other load) hits every loader alike.  Loaders:
+(page cache, CPU frequency, other load) hits every loader alike; in each round a loader repeats its
+pass until it has run `min_seconds`.  Ratios are given as the ratio of medians and, paired, as the
+median of the per-round ratios.  Loaders:
 
   raw        the physical limit: sequential `readinto` of the same shard files (for URLs: GETs of the
              same objects with the same client), no parsing at all
@@ -44,6 +46,7 @@ class BenchConfig:
     amp: bool = False
     model_steps: int = 4
     seed: int = 0
+    min_seconds: float = 1.0   # a measurement repeats its pass until it has run this long
 
     def __post_init__(self):
         unknown = [name for name in self.loaders if name not in LOADERS]
@@ -68,6 +71,19 @@ class Run:
     cpu_seconds: float
     peak_rss: int
     rss_added: int
+    passes: int = 1   # passes averaged into this measurement (seconds and CPU are per pass)
+
+
+def measure(runner, min_seconds: float) -> Run:
+    """Repeat one loader's pass until `min_seconds` have passed; per-pass averages.  A pass over 400
+    tracks takes ~0.1 s for the fast loaders, too short to time reliably on a shared machine."""
+    runs = [runner()]
+    while sum(r.seconds for r in runs) < min_seconds:
+        runs.append(runner())
+    n = len(runs)
+    return Run(runs[0].tracks, runs[0].bytes, sum(r.seconds for r in runs) / n, runs[0].first_batch,
+               sum(r.cpu_seconds for r in runs) / n, max(r.peak_rss for r in runs),
+               max(r.rss_added for r in runs), n)
 
 
 @dataclass
@@ -158,6 +174,8 @@ def summarize(result: LoaderResult, windows_per_track: int) -> dict:
         "cpu_s_per_track": median_min_max([r.cpu_seconds / max(1, r.tracks) for r in runs]),
         "peak_rss_mb": median_min_max([r.peak_rss / 2**20 for r in runs]),
         "rss_added_mb": median_min_max([r.rss_added / 2**20 for r in runs]),
+        "passes_per_round": [r.passes for r in runs],
+        "tracks_per_s_rounds": rate,
     }
 
 
@@ -170,6 +188,9 @@ def add_ratios(rows: list[dict]) -> None:
             if ref in same and ref != row["loader"]:
                 key = "share_of_raw" if ref == "raw" else f"x_{ref.replace('-', '_')}"
                 row[key] = rate / same[ref]["tracks_per_s"]["median"]
+                # paired: the ratio within each round (run back to back), then the median of those
+                row[key + "_paired"] = statistics.median(
+                    a / b for a, b in zip(row["tracks_per_s_rounds"], same[ref]["tracks_per_s_rounds"]))
 
 
 def run_bench(config: BenchConfig, log=print) -> dict:
@@ -180,7 +201,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     results = {key: LoaderResult(*key) for key in runners}
     for round_index in range(config.rounds + 1):  # round 0 is the warm-up
         for key, runner in runners.items():
-            run = runner()
+            run = measure(runner, config.min_seconds)
             if round_index:
                 results[key].runs.append(run)
         log(f"round {round_index}/{config.rounds}{' (warm-up)' if not round_index else ''} done")

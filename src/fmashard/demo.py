@@ -74,7 +74,8 @@ def bench_short(config: DemoConfig, shards: Path, files: Path, fma: Path, echo) 
 
     report = run_bench(BenchConfig(shards=str(shards), naive=str(files), fma_dir=str(fma),
                                    loaders=("naive-mp3", "naive", "wds-host", "wds", "raw"),
-                                   rounds=config.bench_rounds, max_tracks=config.bench_tracks, seed=config.seed),
+                                   rounds=config.bench_rounds, max_tracks=config.bench_tracks, seed=config.seed,
+                                   min_seconds=0.5),
                        log=lambda msg: None)
     print_table(report)
     write_json(report, str(Path(config.out_dir) / "bench.json"))

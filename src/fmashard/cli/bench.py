@@ -23,6 +23,8 @@ def bench_command(
     workers: str = typer.Option("0", "--workers", help="Comma list of DataLoader worker counts."),
     batch_size: int = typer.Option(8, "--batch-size", help="Tracks per batch."),
     rounds: int = typer.Option(5, "--rounds", help="Timed rounds after one warm-up round."),
+    min_seconds: float = typer.Option(1.0, "--min-seconds",
+                                      help="In each round a loader repeats its pass until it ran this long."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     split: str = typer.Option("training", "--split"),
     max_tracks: Optional[int] = typer.Option(None, "--max-tracks", help="Stop every loader after this many tracks."),
@@ -44,7 +46,7 @@ def bench_command(
         raise typer.BadParameter("comma-separated integers, e.g. 0,1,2", param_hint="--workers") from None
     config = BenchConfig(shards=shards, naive=naive, fma_dir=fma_dir, loaders=_csv(loaders), workers=worker_counts,
                          batch_size=batch_size, rounds=rounds, device=device, split=split, max_tracks=max_tracks,
-                         with_model=with_model, amp=amp)
+                         with_model=with_model, amp=amp, min_seconds=min_seconds)
     report = run_bench(config, log=lambda msg: typer.echo(msg, err=True))
     check_same_tracks(report)
     print_table(report)
