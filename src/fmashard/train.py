@@ -50,7 +50,8 @@ class TrainConfig:
     amp: bool = False
     amp_dtype: str = "auto"          # auto (bf16 where supported, else fp16) | bf16 | fp16
     device: str = "auto"
-    workers: int = 0                 # DataLoader worker processes (0: a read-ahead thread)
+    workers: int = 0                 # DataLoader worker processes (0: read in this process)
+    read_threads: int = 2            # threads reading records at once (per process)
     random_crop: bool = False
     compile: bool = False
     seed: int = 0
@@ -75,7 +76,7 @@ class TrainConfig:
         set_(self, "out", str(self.out))
         if self.model not in MODELS:
             raise ConfigError(f"model: unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size", "windows", "shuffle_buffer"):
+        for name in ("epochs", "batch_size", "windows", "shuffle_buffer", "read_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("workers", "checkpoint_every", "seed", "precise_bn"):
@@ -173,9 +174,10 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
     loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=True, seed=config.seed,
                                             shuffle_buffer=config.shuffle_buffer, num_workers=config.workers,
                                             equal_ranks=True, drop_last=config.windows == 1,
-                                            on_error=config.on_error))
+                                            on_error=config.on_error, read_threads=config.read_threads))
     val_loader = ShardLoader(val_spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                                    num_workers=config.workers, on_error=config.on_error))
+                                                    num_workers=config.workers, on_error=config.on_error,
+                                                    read_threads=config.read_threads))
     bn_loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
                                                on_error=config.on_error))
     # ---- model, optimizer, precision

@@ -20,7 +20,9 @@ def train(
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (torch.autocast)."),
     amp_dtype: str = typer.Option("auto", help="auto (bf16 where supported, else fp16 + GradScaler), bf16, fp16."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
-    workers: int = typer.Option(0, help="DataLoader worker processes (0: a read-ahead thread)."),
+    workers: int = typer.Option(0, help="DataLoader worker processes (0: read in this process)."),
+    read_threads: int = typer.Option(2, help="Threads reading records at once, per process (more for "
+                                             "high-latency object storage)."),
     random_crop: bool = typer.Option(False, "--random-crop", help="Random window starts (training only)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     seed: int = typer.Option(0, help="Seed of the model init, the shuffle and the crops."),
@@ -43,7 +45,8 @@ def train(
     from fmashard.train import TrainConfig, train as run_training
 
     config = TrainConfig(shards=shards, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
-                         amp_dtype=amp_dtype, device=device, workers=workers, random_crop=random_crop,
+                         amp_dtype=amp_dtype, device=device, workers=workers, read_threads=read_threads,
+                         random_crop=random_crop,
                          compile=compile, seed=seed, window_seconds=window_seconds, windows=windows,
                          overlap=overlap, shuffle_buffer=shuffle_buffer, precise_bn=precise_bn, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, on_error=on_error, endpoint_url=endpoint_url,
