@@ -172,3 +172,18 @@ def test_pipe_urls_need_allow_pipe(shards):
     from fmashard.errors import UserError
     with pytest.raises(UserError, match="--allow-pipe"):
         resolve_source(f"pipe:cat {shards[0]}/training/training-000000.tar")
+
+
+def test_buffers_are_allocated_once_and_reused_in_every_later_epoch(shards):
+    from fmashard import recycle
+
+    recycle.clear()
+    loader = ShardLoader(resolve_source(shards[0]), LoaderConfig(batch_size=2, shuffle_buffer=6))
+    counts = []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            pass
+        counts.append(sum(len(v) for v in recycle._cache.values()))
+    assert counts[1] == counts[2] == counts[3] <= 3 + 8      # pending buffers + what is in flight
+    recycle.clear()
