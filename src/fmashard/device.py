@@ -44,6 +44,7 @@ class DeviceFeeder:
         self.seed, self.epoch, self.start_index = seed, epoch, start_index
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self.rows = 0   # the largest batch seen (CPU window buffers are cached at that size)
 
     def _to_device(self, batch):
         if not self.cuda:
@@ -65,8 +66,10 @@ class DeviceFeeder:
         if self.spec.random_crop:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
         out = None   # CUDA's caching allocator reuses device memory; on the CPU, fmashard.recycle does
-        if not self.cuda:
-            out = recycle.empty((audio.shape[0] * self.spec.count, self.spec.window), torch.float32, keep=4)
+        if not self.cuda:    # (a short last batch takes the front of a full-size buffer: one shape cached)
+            self.rows = max(self.rows, audio.shape[0])
+            full = recycle.empty((self.rows * self.spec.count, self.spec.window), torch.float32, keep=4)
+            out = full[: audio.shape[0] * self.spec.count]
         windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out)
         return DeviceBatch(windows, labels, track_ids, audio.shape[0])
 
