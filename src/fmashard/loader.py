@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
-from fmashard.collate import BatchBuffers, HostBatch, finish_batch  # noqa: F401 - HostBatch re-exported
-from fmashard.errors import DamagedHeaderError, DataError, ErrorPolicy, StorageError, TruncatedShardError, log
+from fmashard.collate import BatchBuffers, finish_batch
+from fmashard.errors import DataError, ErrorPolicy, StorageError, log
 from fmashard.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.records import LocalShard, ParallelReads, is_local, stream_records
+from fmashard.records import LocalShard, ParallelReads, is_local, iter_stream_records, stream_records
 from fmashard.sources import DatasetSpec
-from fmashard.tarstream import PREAMBLE, RecordReader, padded
+from fmashard.tarstream import PREAMBLE, padded
 
 
 READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)
@@ -134,22 +134,21 @@ class WorkerStream:
 
     def _read_stream(self, url: str, first: int, run: list[int]):
         """One stream over the run, read in this thread (pipe: URLs, read_threads=1, other layouts)."""
+        bp, metas = self.plan.batches, {}
+
+        def slot_for(i):
+            slot, metas[i] = self.buffers.slot(int(bp.buffer_of[run[i]]), int(bp.slot_of[run[i]]))
+            return slot
         done = 0
-        while done < len(run):
-            try:
-                for _ in self._read_records(url, first + done, run[done:]):
-                    yield run[done]
-                    done += 1
-            except DamagedHeaderError as exc:  # resync at the next record boundary
-                self.policy.handle(exc)
-                yield run[done]
-                done += 1
-            except (TruncatedShardError, StorageError) as exc:
-                if self.policy.mode == "raise":
-                    raise
-                self.policy.handle(_as_data_error(exc, self.policy), lost=len(run) - done)
-                yield from run[done:]
-                return
+        for result, n in iter_stream_records(url, first, len(run), slot_for, self.spec.sample_bytes,
+                                             self.spec.audio_ext, self.spec.record_bytes, self.allow_pipe):
+            if isinstance(result, Exception):
+                self.policy.handle(_as_data_error(result, self.policy), lost=n)
+            else:
+                meta = metas[done]
+                meta[0], meta[1], meta[2] = result.label, _track_id(result.key), 1
+            yield from run[done:done + n]
+            done += n
 
     def _read_local(self, url: str, first: int, run: list[int]):
         """Local shard: records read in place (`records.LocalShard`), a few at once."""
@@ -194,28 +193,6 @@ class WorkerStream:
                     lost += 1
                 self.policy.handle(_as_data_error(sample, self.policy), lost=lost)
             yield s
-
-    def _read_records(self, url: str, first: int, ordinals: list[int]):
-        """Generator: one stream over the records [first, first+len(ordinals)); yields per sample."""
-        rb, bp = self.spec.record_bytes, self.plan.batches
-        with storage.open_stream(url, first * rb, (first + len(ordinals)) * rb,
-                                 allow_pipe=self.allow_pipe) as stream:
-            reader = RecordReader(stream, url, self.spec.sample_bytes, self.spec.audio_ext, rb)
-            for i, s in enumerate(ordinals):
-                slot, meta = self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s]))
-                try:
-                    sample = reader.read_sample(slot)
-                except (DamagedHeaderError, TruncatedShardError):
-                    raise
-                except DataError as exc:
-                    self.policy.handle(exc)
-                    yield s
-                    continue
-                if sample is None:
-                    raise TruncatedShardError(url, None, f"shard ends after {first + i} samples; the "
-                                                         "manifest promised more (truncated)")
-                meta[0], meta[1], meta[2] = sample.label, _track_id(sample.key), 1
-                yield s
 
 
 def _as_data_error(exc: Exception, policy: ErrorPolicy) -> DataError:

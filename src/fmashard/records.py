@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fmashard import storage
 from fmashard.errors import DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, _parse_preamble
+from fmashard.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, parse_preamble
 
 
 class LocalShard:
@@ -32,7 +32,7 @@ class LocalShard:
     def read(self, index: int, slot) -> Sample:
         """Record `index`, its audio copied into `slot`; a `DataError` naming shard and key if bad."""
         at = index * self.rb
-        head = _parse_preamble(os.pread(self.fd, PREAMBLE, at), self.sample_bytes, self.suffix)
+        head = parse_preamble(os.pread(self.fd, PREAMBLE, at), self.sample_bytes, self.suffix)
         if head is None:
             return self.read_general(index, slot)
         if os.preadv(self.fd, [slot], at + PREAMBLE) < self.sample_bytes:
@@ -53,7 +53,7 @@ class LocalShard:
         for i, (pre, slot) in enumerate(zip(pres, slots)):
             head = None
             if got >= (i + 1) * self.rb - len(self.pad):
-                head = _parse_preamble(bytes(pre), self.sample_bytes, self.suffix)
+                head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix)
             try:
                 out.append(Sample(head[0], head[1], True) if head else self.read(first + i, slot))
             except DataError as exc:
@@ -75,34 +75,44 @@ class LocalShard:
         self.file.close()
 
 
-def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_ext: str, record_bytes: int,
-                   allow_pipe: bool = False) -> list:
-    """Records first, first+1, ... of a streamed (http/s3) shard into `slots`, over one ranged
-    request: a Sample or the error of each (a DataError, or the StorageError of a read that outlasted
-    its retries).  A damaged header costs its record (the stream is reopened at the next one); a
-    truncated shard or a storage error costs the rest of the range (the same error object for each)."""
-    out, end = [], (first + len(slots)) * record_bytes
-    while len(out) < len(slots):
+def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes: int, audio_ext: str,
+                        record_bytes: int, allow_pipe: bool = False):
+    """Records first .. first+count-1 of a shard, over one stream (one ranged request): yields
+    (result, n) pairs, result a Sample or the error (a DataError, or the StorageError of a read that
+    outlasted its retries) standing for the next n records.  `slot_for(i)` gives record i's slot, asked
+    just before it is read.  A damaged header costs its record (the stream is reopened at the next
+    one); a truncated shard or a storage error costs the rest (one pair)."""
+    done, end = 0, (first + count) * record_bytes
+    while done < count:
         try:
-            with storage.open_stream(url, (first + len(out)) * record_bytes, end, allow_pipe=allow_pipe) as stream:
+            with storage.open_stream(url, (first + done) * record_bytes, end, allow_pipe=allow_pipe) as stream:
                 reader = RecordReader(stream, url, sample_bytes, audio_ext, record_bytes)
-                while len(out) < len(slots):
+                while done < count:
                     try:
-                        sample = reader.read_sample(slots[len(out)])
+                        sample = reader.read_sample(slot_for(done))
                     except (DamagedHeaderError, TruncatedShardError):
                         raise
                     except DataError as exc:       # its members were consumed: the stream goes on
-                        out.append(exc)
-                        continue
+                        sample = exc
                     if sample is None:
-                        raise TruncatedShardError(url, None, f"shard ends after {first + len(out)} samples; "
+                        raise TruncatedShardError(url, None, f"shard ends after {first + done} samples; "
                                                              "the manifest promised more (truncated)")
-                    out.append(sample)
+                    done += 1
+                    yield sample, 1
         except DamagedHeaderError as exc:          # resync at the next record boundary
-            out.append(exc)
+            done += 1
+            yield exc, 1
         except (TruncatedShardError, StorageError) as exc:
-            out += [exc] * (len(slots) - len(out))
-    return out
+            yield exc, count - done
+            return
+
+
+def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_ext: str, record_bytes: int,
+                   allow_pipe: bool = False) -> list:
+    """A read-thread job: `iter_stream_records` into `slots`, one result per record (an error that
+    costs several records is the same object for each)."""
+    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, sample_bytes,
+                                                        audio_ext, record_bytes, allow_pipe) for _ in range(n)]
 
 
 def is_local(url: str) -> bool:
