@@ -34,6 +34,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks"), str(REPO / "src")
 from s3_server import S3Server, weed_binary, write_files_layout  # noqa: E402
 from synth_shards import VOCAB, write_synthetic_shards  # noqa: E402
 
+from fmashard.bench_report import commit as git_commit  # noqa: E402
+
 CLIP_SAMPLES = 661_500   # 30 s at 22,050 Hz
 LOADERS = ("shards", "naive", "raw")
 
@@ -114,24 +116,6 @@ def machine() -> dict:
             "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
             "python": platform.python_version(), "torch": torch.__version__, "boto3": boto3.__version__,
             "seaweedfs": weed, "os": platform.platform()}
-
-
-def git_commit() -> str:
-    """What `git rev-parse HEAD` prints, read from .git directly (no git process)."""
-    git = REPO / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0]
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main() -> None:

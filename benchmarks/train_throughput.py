@@ -26,25 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from fmashard.bench_report import commit as git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def git_commit() -> str | None:
-    """HEAD's commit, read from .git directly."""
-    git = ROOT / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0]
-    except OSError:
-        return None
-    return None
 
 
 def machine() -> dict:

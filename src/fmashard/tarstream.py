@@ -145,7 +145,7 @@ class RecordReader:
         got = self.stream.read_exact_into(view)
         if got < owed:
             raise TruncatedShardError(self.url, None, "shard ends inside tar padding (truncated)")
-        parsed = _parse_preamble(bytes(view[owed:got]), self.sample_bytes, self._suffix)
+        parsed = parse_preamble(bytes(view[owed:got]), self.sample_bytes, self._suffix)
         if parsed is None:   # not the fast layout: the general parser takes over from these bytes
             self._fast = False
             self.stream = _Prefixed(bytes(view[owed:got]), self.stream)
@@ -180,7 +180,7 @@ PREAMBLE = 5 * BLOCK     # .cls header + block, .json header + block, audio head
 _HEADERS = (0, 2 * BLOCK, 4 * BLOCK)
 
 
-def _parse_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, int] | None:
+def parse_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, int] | None:
     """(key, label) when `pre` holds an intact fmashard preamble for a `sample_bytes` audio member;
     None for anything else (the general parser then decides what is wrong)."""
     if len(pre) != PREAMBLE:
