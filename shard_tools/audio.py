@@ -10,7 +10,10 @@ it returns a `TrackResult` whose `reason` says why the track is skipped.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,12 +59,53 @@ def fix_length(x: np.ndarray, clip_samples: int) -> np.ndarray:
     return np.concatenate([x, np.zeros(clip_samples - len(x), dtype=x.dtype)])
 
 
+@contextmanager
+def decoder_messages():
+    """Catch what the C decoders print on fd 2 (libmpg123's "Illegal Audio-MPEG-Header" notes), so it
+    stays off the terminal (and the progress bar); yields a list that receives the lines."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines += capture.read().decode("utf-8", "replace").splitlines()
+
+
+def _unreadable(exc: Exception, messages: list[str]) -> str:
+    """The skip reason of a file that exists but does not decode: libsndfile's reason (unless it is its
+    misleading "does not exist or is not a regular file" for an unrecognised format), the decoder's notes."""
+    reason = getattr(exc, "error_string", None) or str(exc)
+    if "not a regular file" in reason or "does not exist" in reason:
+        reason = "format not recognised"
+    notes = [line.removeprefix("Note: ").strip() for line in messages]
+    notes = [n for n in dict.fromkeys(notes) if n and not n.startswith(("Trying to resync", "Hit end of"))]
+    return f"unreadable audio ({'; '.join([reason.rstrip('.'), *notes[:2]])[:300]})"
+
+
+def read_audio(path) -> tuple[np.ndarray, int]:
+    """(frames x channels float32, rate); `TrackSkipped` says truthfully why not."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TrackSkipped("missing audio file" if not os.path.exists(path) else "not a regular file")
+    if os.path.getsize(path) == 0:
+        raise TrackSkipped("empty file")
+    with decoder_messages() as messages:
+        try:
+            return sf.read(path, dtype="float32", always_2d=True)
+        except Exception as exc:  # libsndfile/mpg123 errors, a truncated stream...
+            error = exc
+    raise TrackSkipped(_unreadable(error, messages))
+
+
 def decode_track(path, settings: ClipSettings) -> DecodedTrack:
     """Decode, mix to mono, resample and fix the length; `TrackSkipped` names why a track is unusable."""
-    try:
-        data, source_rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile/mpg123 errors, missing file, truncated stream...
-        raise TrackSkipped(f"decode failed: {exc}") from None
+    data, source_rate = read_audio(path)
     frames, channels = data.shape
     duration = frames / source_rate
     if frames == 0 or duration < settings.min_seconds:

@@ -12,6 +12,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -71,6 +72,9 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
                 record = write_plan(out, config, plan, results, advance)
                 journal.save(plan.name, record)
                 records[plan.name] = record
+        if not any(records[p.name]["num_samples"] for p in plans):
+            journal.discard([p.name for p in plans])  # a rerun, once the audio is there, decodes it all
+            raise UserError(nothing_written(config, [s for p in plans for s in records[p.name]["skipped"]]))
         manifest = make_manifest(config, selection.vocabulary, list(selection.tracks),
                                  [records[p.name] for p in plans], selection.excluded_no_genre)
         out.write_text(MANIFEST_NAME, dump_manifest(manifest))
@@ -88,6 +92,8 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
 def load_build_selection(config: BuildConfig):
     """The selection to build; every problem with the FMA folder or its metadata is one UserError."""
     fma_dir = Path(config.fma_dir)
+    if fma_dir.exists() and not fma_dir.is_dir():
+        raise UserError(f"{fma_dir}: not a folder (expected the FMA folder holding fma_metadata/)")
     if not fma_dir.is_dir():
         raise UserError(f"{fma_dir}: FMA folder not found (expected fma_metadata/ and fma_{config.subset}/ inside)")
     from shard_tools.fma_metadata import load_selection
@@ -101,7 +107,18 @@ def load_build_selection(config: BuildConfig):
                         f"({type(exc).__name__}: {exc})".replace("\n", " ")) from None
     if not any(selection.tracks.values()):
         raise UserError(f"{fma_dir}: no tracks selected for subset {config.subset!r}")
+    audio_dir = fma_dir / f"fma_{config.subset}"
+    if not audio_dir.is_dir():
+        raise UserError(f"{audio_dir}: no such folder: subset {config.subset!r} needs its audio files "
+                        f"(fma_{config.subset}/ beside fma_metadata/)")
     return selection
+
+
+def nothing_written(config: BuildConfig, skipped: list[dict]) -> str:
+    reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (f"{config.out}: no track written, all {len(skipped)} selected tracks were skipped ({reasons}{more}); "
+            f"check --fma-dir {config.fma_dir} and --subset {config.subset}")
 
 
 def relative_audio_path(config: BuildConfig, track_id: int) -> str:
@@ -184,9 +201,25 @@ def track_progress(total: int, enabled: bool):
 
     columns = (TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("build", total=total)
-        yield lambda: bar.advance(task)
+    terminal = _own_stderr()
+    try:
+        with Progress(*columns, console=Console(file=terminal) if terminal else Console(stderr=True)) as bar:
+            task = bar.add_task("build", total=total)
+            yield lambda: bar.advance(task)
+    finally:
+        if terminal:
+            terminal.close()
+
+
+def _own_stderr():
+    """A copy of fd 2 for the progress bar: while a track decodes in this process, fd 2 itself is caught
+    (`audio.decoder_messages`), and the bar's refresh thread must not end up in a skip reason."""
+    try:
+        if sys.stderr.fileno() == 2:
+            return os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8")
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stderr (pytest's capsys)
+        pass
+    return None
 
 
 # ---------------------------------------------------------------------------- writing

@@ -4,12 +4,15 @@ Files that belong to a build: `manifest.json` (written last), `.fmashard-build.j
 arguments, written first), `.fmashard-journal/{split}-{index}.json` (one record per finished shard,
 written after the shard), the split folders' `.tar`/`.idx` (or `.pt`) files.  Every file is written to
 `name.tmp-<pid>` and `os.replace`d, so a kill -9 leaves only complete files plus `*.tmp-*` leftovers.
+`--overwrite` deletes only the files the previous build's manifest or journal lists (plus those
+leftovers) and refuses a folder that holds anything else: a run's best.pt next to the shards survives.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -21,12 +24,14 @@ from fmashard.errors import NotFoundError, UserError
 BUILD_FILE = ".fmashard-build.json"
 JOURNAL_DIR = ".fmashard-journal"
 MANIFEST_NAME = "manifest.json"
-_OUR_PATTERNS = ("*.tar", "*.idx", "*.pt", "*.tmp-*")
+# the temporary names a build writes: {split}/{split}-000000.tar|.idx, {split}/000002.pt, the root files
+_OUR_TMP = re.compile(r"(?:([^/]+)/(?:\1-\d{6}\.(?:tar|idx)|\d{6}\.pt)|manifest\.json|\.fmashard-build\.json"
+                      r"|\.fmashard-probe|\.fmashard-journal/[^/]+\.json)\.tmp-\d+")
 
 
 class BuildOutput:
     def __init__(self, url: str):
-        self.url = str(url)
+        self.url = storage.check_scheme(str(url))
         self.remote = storage.is_remote(self.url)
         if self.remote and storage.scheme_of(self.url) != "s3":
             raise UserError(f"{self.url}: a build writes to a local folder or an s3:// prefix only")
@@ -101,25 +106,42 @@ class BuildOutput:
         return not any(self.root.iterdir())
 
     def remove_ours(self) -> None:
-        """--overwrite: delete the files a build writes (local; on s3 new objects replace old ones and the
-        fresh build id disowns old journal records)."""
+        """--overwrite: delete what a previous build recorded as its own (its manifest and journal, the
+        files they list, our `*.tmp-<pid>` leftovers); refuse a folder holding any other file.  On s3 new
+        objects replace old ones and the fresh build id disowns old journal records."""
         if self.remote:
             return
-        for name in (MANIFEST_NAME, BUILD_FILE):
-            (self.root / name).unlink(missing_ok=True)
+        owned = self._owned_files()
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() or p.is_symlink())
+        foreign = [p for p in files if not _is_ours(p.relative_to(self.root).as_posix(), owned)]
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise UserError(f"{self.url}: --overwrite replaces only what fmashard wrote, and this folder holds "
+                            f"other files ({foreign[0]}{more}); move them away or choose another --out")
+        for path in files:
+            path.unlink()
         shutil.rmtree(self.root / JOURNAL_DIR, ignore_errors=True)
-        for split_dir in [p for p in self.root.iterdir() if p.is_dir()]:
-            for pattern in _OUR_PATTERNS:
-                for path in split_dir.glob(pattern):
-                    path.unlink()
-            if not any(split_dir.iterdir()):
-                split_dir.rmdir()
+        for folder in sorted({p.parent for p in files} - {self.root}, key=lambda p: -len(p.parts)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    def _owned_files(self) -> set[str]:
+        """Relative paths the manifest and the journal records list (a kill -9 may have left either)."""
+        texts = [self.read_text(MANIFEST_NAME)]
+        journal = self.root / JOURNAL_DIR
+        if journal.is_dir():
+            texts += [p.read_text(encoding="utf-8", errors="replace") for p in journal.glob("*.json")]
+        owned = {MANIFEST_NAME, BUILD_FILE}
+        for text in texts:
+            owned |= _listed_paths(_json_or_none(text))
+        return owned
 
     def remove_leftovers(self) -> None:
         """Temporary files of an interrupted run (ours are always named `*.tmp-<pid>`)."""
         if not self.remote:
             for path in self.root.rglob("*.tmp-*"):
-                path.unlink(missing_ok=True)
+                if _OUR_TMP.fullmatch(path.relative_to(self.root).as_posix()):
+                    path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.remote:
@@ -145,6 +167,28 @@ def start_build(out: BuildOutput, identity: dict, overwrite: bool) -> str:
                                            "params": identity}, indent=1) + "\n")
     out.remove_leftovers()
     return build_id
+
+
+def _json_or_none(text: str | None):
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _listed_paths(data) -> set[str]:
+    """The shard, .idx and .pt paths a manifest or a journal record lists."""
+    if not isinstance(data, dict):
+        return set()
+    splits = data.get("splits") if isinstance(data.get("splits"), dict) else {}
+    lists = [data.get("files")] + [split.get(key) for split in splits.values() if isinstance(split, dict)
+                                   for key in ("shards", "files")]
+    entries = [data] + [e for entries in lists if isinstance(entries, list) for e in entries]
+    return {e[k] for e in entries if isinstance(e, dict) for k in ("path", "index") if isinstance(e.get(k), str)}
+
+
+def _is_ours(rel: str, owned: set[str]) -> bool:
+    return rel in owned or rel.startswith(f"{JOURNAL_DIR}/") or bool(_OUR_TMP.fullmatch(rel))
 
 
 def _parse_build_file(text: str | None) -> dict | None:
@@ -176,6 +220,13 @@ class Journal:
         except json.JSONDecodeError:
             return None
         return record if isinstance(record, dict) and record.get("build_id") == self.build_id else None
+
+    def discard(self, names: list[str]) -> None:
+        for name in names:
+            if self.out.remote:
+                storage.delete(self.out.url_of(self.rel(name)))
+            else:
+                self.out.local(self.rel(name)).unlink(missing_ok=True)
 
     def save(self, name: str, record: dict) -> None:
         self.out.write_text(self.rel(name), json.dumps({"build_id": self.build_id, **record}) + "\n")

@@ -46,6 +46,7 @@ NO_GENRE_TRACKS = 3
 MEDIUM_TRACKS = 3
 NOISE_LOOP_SAMPLES = 65_536
 MIN_TRACKS_PER_GENRE = 10  # 80/10/10 gives every split at least one track
+MAX_TRACKS_PER_GENRE = 1000  # a demo: 8 x 1000 clips is about 2 GB of MP3s, and 6-digit track ids
 # (sample_rate, channels) by position among the audio files: mostly 44.1 kHz stereo, like FMA.
 FORMAT_CYCLE = ((44100, 2), (44100, 2), (44100, 2), (22050, 1), (44100, 2),
                 (48000, 2), (44100, 2), (44100, 2), (22050, 1), (44100, 2))
@@ -94,6 +95,9 @@ class DemoCorpusConfig:
         if self.tracks_per_genre < MIN_TRACKS_PER_GENRE:
             raise UserError(f"tracks_per_genre must be at least {MIN_TRACKS_PER_GENRE} so that the "
                             f"80/10/10 split gives every split a track, got {self.tracks_per_genre}")
+        if self.tracks_per_genre > MAX_TRACKS_PER_GENRE:
+            raise UserError(f"tracks_per_genre must be at most {MAX_TRACKS_PER_GENRE} for a demo corpus, "
+                            f"got {self.tracks_per_genre}")
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, got {self.seed}")
         if self.workers < 1:
@@ -162,8 +166,8 @@ def make_demo_corpus(out_dir: str | Path, genres: int = 8, tracks_per_genre: int
 def write_demo_corpus(config: DemoCorpusConfig) -> DemoSummary:
     """Write audio first and tracks.csv last, so a finished corpus is one with a tracks.csv."""
     started = time.perf_counter()
+    tracks = plan_demo_tracks(config.genres, config.tracks_per_genre, config.seed)  # before any folder
     out_dir = _prepare_out_dir(config.out_dir)
-    tracks = plan_demo_tracks(config.genres, config.tracks_per_genre, config.seed)
     with_audio = [track for track in tracks if track.has_audio_file]
     with ThreadPoolExecutor(config.workers) as pool:  # libsndfile releases the GIL while encoding
         audio_bytes = sum(pool.map(lambda track: write_track_audio(track, out_dir, config.seed),

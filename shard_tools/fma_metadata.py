@@ -144,6 +144,8 @@ def select_tracks(tracks: pd.DataFrame, subset: str, splits: tuple[str, ...] = S
 def load_selection(fma_dir: str | Path, subset: str, splits: tuple[str, ...] = SPLITS) -> Selection:
     """Read fma_dir/fma_metadata/tracks.csv and select the tracks to shard."""
     path = Path(fma_dir) / "fma_metadata" / "tracks.csv"
+    if Path(fma_dir).exists() and not Path(fma_dir).is_dir():
+        raise UserError(f"{fma_dir}: not a folder (expected the FMA folder holding fma_metadata/)")
     try:
         check_subset(subset)
         splits = check_splits(splits)

@@ -5,6 +5,8 @@ import json
 
 from fmashard import storage
 from fmashard.errors import NotFoundError, UserError
+from fmashard.sources import MANIFEST_NAME, manifest_problem
+from shard_tools.build_output import BUILD_FILE
 
 FORMAT = "fmashard"
 FORMAT_VERSION = 1
@@ -22,7 +24,10 @@ def make_manifest(config, vocabulary: list[str], splits: list[str], records: lis
         split = out_splits[record["split"]]
         skipped += record["skipped"]
         if shards_layout and record["num_samples"]:
-            split["shards"].append({k: record[k] for k in ("path", "index", "num_samples", "num_bytes", "sha256")})
+            entry = {k: record[k] for k in ("path", "index", "num_samples", "num_bytes", "sha256")}
+            if "crc32" in record:   # of each sample's audio, in order: `check_crc` in the loader
+                entry["crc32"] = record["crc32"]
+            split["shards"].append(entry)
         elif not shards_layout:
             split["files"] += [{k: f[k] for k in ("path", "track_id", "label", "num_samples")}
                                for f in record["files"]]
@@ -57,16 +62,41 @@ def dump_manifest(manifest: dict) -> str:
     return json.dumps(manifest, indent=1) + "\n"
 
 
+class ManifestProblem(UserError):
+    """The folder is (or was meant to be) a build, but its manifest is missing, unreadable or of an unknown
+    format: `verify` reports it as a problem with the build (exit 1), not as a usage error."""
+
+
 def read_manifest(out: str) -> tuple[str, dict]:
-    """(manifest URL, manifest) for a build folder/prefix or a manifest.json URL; UserError if absent."""
-    out = str(out)
-    url = out if out.endswith(".json") else storage.join_url(out, "manifest.json")
+    """(manifest URL, manifest) for a build folder/prefix or a manifest.json URL.  UserError for a path
+    that is not there or not a folder; ManifestProblem for a build folder without a usable manifest."""
+    out = storage.check_scheme(str(out))
+    url = out if out.endswith(".json") else storage.join_url(out, MANIFEST_NAME)
+    if storage.scheme_of(out) in ("local", "file"):
+        path = storage.local_path(out)
+        if path.is_file() and not out.endswith(".json"):
+            raise UserError(f"{out}: a file, not a build folder (pass the folder `fmashard build --out` wrote, "
+                            "or its manifest.json)")
+        if not (path if not out.endswith(".json") else path.parent).is_dir():
+            raise UserError(f"{out}: no such build folder or manifest")
     try:
-        manifest = json.loads(storage.read_bytes(url))
+        raw = storage.read_bytes(url)
     except NotFoundError:
-        raise UserError(f"{url}: no manifest here (was `fmashard build` run into this folder?)") from None
+        raise _no_manifest(out, url) from None
+    try:
+        manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{url}: not a JSON manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "splits" not in manifest:
-        raise UserError(f"{url}: not an fmashard manifest (no format/splits fields)")
+        raise ManifestProblem(f"{url}: not a JSON manifest ({exc})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ManifestProblem(f"{url}: {problem}")
     return url, manifest
+
+
+def _no_manifest(out: str, url: str) -> UserError:
+    if storage.exists(storage.join_url(storage.parent_url(url), BUILD_FILE)):
+        return ManifestProblem(f"{out}: incomplete build: no manifest.json yet (the build was interrupted or "
+                               "failed); re-run the same `fmashard build` command to finish it")
+    if storage.is_remote(url):  # no listing: a prefix with nothing of ours may not exist at all
+        return UserError(f"{url}: no manifest here (was `fmashard build` run into this prefix?)")
+    return ManifestProblem(f"{url}: no manifest here (was `fmashard build` run into this folder?)")

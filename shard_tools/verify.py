@@ -16,9 +16,10 @@ from pathlib import PurePosixPath
 
 from fmashard import storage
 from fmashard.errors import StorageError
+from fmashard.sources import is_inside, listed_paths
 from shard_tools.build_output import JOURNAL_DIR
 from shard_tools.dali_index import format_index, group_members
-from shard_tools.manifest import read_manifest
+from shard_tools.manifest import ManifestProblem, read_manifest
 from shard_tools.tar_writer import BLOCK, padded_size
 
 AUDIO_EXTS = {"pcm16": "pcm", "f16": "f16"}
@@ -37,10 +38,14 @@ class VerifyReport:
         return not self.problems
 
     def summary(self) -> str:
-        what = "shards" if self.shards else "files"
-        count = self.shards or self.samples
-        verdict = "OK" if self.ok else f"{len(self.problems)} problems"
-        return f"{verdict}: {self.url}: {count} {what}, {self.samples} samples, {self.bytes / 1e6:.1f} MB checked"
+        what = "shard" if self.shards else "file"
+        verdict = "OK" if self.ok else plural(len(self.problems), "problem")
+        return (f"{verdict}: {self.url}: {plural(self.shards or self.samples, what)}, "
+                f"{plural(self.samples, 'sample')}, {self.bytes / 1e6:.1f} MB checked")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @dataclass
@@ -61,10 +66,22 @@ class Member:
 
 
 def verify_build(out: str) -> VerifyReport:
-    manifest_url, manifest = read_manifest(out)
-    base = storage.parent_url(manifest_url)
     report = VerifyReport(str(out))
+    try:
+        manifest_url, manifest = read_manifest(out)
+    except ManifestProblem as exc:  # a build without a usable manifest: a problem, not a usage error
+        report.problems.append(str(exc))
+        return report
+    base = storage.parent_url(manifest_url)
+    if not any(entry.get("num_samples") or entry.get("shards") or entry.get("files")
+               for entry in manifest["splits"].values() if isinstance(entry, dict)):
+        report.problems.append(f"{manifest_url}: an empty build: no samples in any split")
     for split, entry in manifest["splits"].items():
+        outside = [rel for rel in listed_paths({"splits": {split: entry}}) if not is_inside(rel)]
+        if outside:  # never read what a manifest points to outside its own folder
+            report.problems += [f"{manifest_url}: split {split}: path {rel!r} is outside the manifest's folder "
+                                "(manifest paths must be relative, without '..')" for rel in outside]
+            continue
         if manifest.get("layout", "shards") == "files":
             report.problems += verify_files(base, manifest, entry.get("files", []), report)
             continue

@@ -66,16 +66,24 @@ def test_too_short_and_undecodable_are_skip_reasons(tmp_path):
     with pytest.raises(TrackSkipped, match=r"^too short: 8\.01 s < 27\.5 s$"):
         decode_track(tmp_path / "short.wav", SETTINGS)
     (tmp_path / "bad.mp3").write_bytes(b"\xff\xfb" + bytes(300))
-    with pytest.raises(TrackSkipped, match=r"^decode failed: "):
+    with pytest.raises(TrackSkipped, match=r"^unreadable audio \(.*Illegal Audio-MPEG-Header") as exc:
         decode_track(tmp_path / "bad.mp3", SETTINGS)
-    with pytest.raises(TrackSkipped, match=r"^decode failed: .*missing\.mp3"):
+    assert "does not exist" not in str(exc.value) and "pipe" not in str(exc.value)
+    with pytest.raises(TrackSkipped, match=r"^missing audio file$"):
         decode_track(tmp_path / "missing.mp3", SETTINGS)
+
+
+def test_decoder_messages_stay_off_the_terminal(tmp_path, capfd):
+    (tmp_path / "bad.mp3").write_bytes(b"\xff\xfb" + bytes(300))
+    result = process_track(TrackTask(1, "Rock", 3, str(tmp_path / "bad.mp3"), SETTINGS))
+    assert "Illegal Audio-MPEG-Header" in result.reason
+    assert capfd.readouterr().err == ""
 
 
 def test_process_track_never_raises(tmp_path):
     (tmp_path / "empty.mp3").write_bytes(b"")
     result = process_track(TrackTask(99134, "Rock", 3, str(tmp_path / "empty.mp3"), SETTINGS))
-    assert result.skipped and result.reason.startswith("decode failed") and result.payload is None
+    assert result.skipped and result.reason == "empty file" and result.payload is None
 
 
 def test_process_track_result(tmp_path):

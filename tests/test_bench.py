@@ -77,3 +77,16 @@ def test_a_measurement_repeats_a_short_pass_and_averages_it():
     run = measure(runner, min_seconds=0.1)
     assert run.passes == len(calls) == 3                   # 0.02 + 0.04 + 0.06 >= 0.1
     assert run.seconds == pytest.approx(0.04) and run.tracks == 10 and run.peak_rss == 3
+
+
+def test_plot_is_written_where_the_command_says_it_is(tmp_path):
+    from synth_shards import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path / "shards", [3, 2], clip_samples=1000)
+    chart = tmp_path / "chart"                     # no extension: matplotlib would append .png
+    proc = subprocess.run([sys.executable, "-m", "fmashard", "bench", "--shards", str(tmp_path / "shards"),
+                           "--loaders", "raw", "--rounds", "1", "--min-seconds", "0", "--plot", str(chart)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"wrote {chart}" in proc.stdout.splitlines()
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not chart.with_suffix(".png").exists()

@@ -98,10 +98,13 @@ def shard_files(out: Path) -> dict[str, bytes]:
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["fmashard", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
+    code = 0  # a command that succeeds may simply return
+    try:
         main()
+    except SystemExit as exc:
+        code = exc.code or 0
     captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 def assert_one_line_error(err: str, *needles) -> None:
@@ -185,7 +188,7 @@ def test_manifest(base, fma_dir):
     skipped = {s["track_id"]: s for s in manifest["skipped"]}
     assert set(skipped) == {SHORT, BROKEN} and totals["tracks_skipped"] == 2
     assert skipped[SHORT]["reason"].startswith("too short: ") and skipped[SHORT]["reason"].endswith(" s < 27.5 s")
-    assert skipped[BROKEN]["reason"].startswith("decode failed: ")
+    assert skipped[BROKEN]["reason"].startswith("unreadable audio (")
     assert skipped[BROKEN]["path"] == "fma_small/099/099134.mp3"
     total_bytes = 0
     for name, split in manifest["splits"].items():
@@ -298,6 +301,7 @@ def test_bad_inputs_are_one_line_errors(fma_dir, tmp_path, monkeypatch, capsys):
     a_file.write_text("not a folder")
     assert_one_line_error(build(fma_dir, a_file), a_file)
     assert_one_line_error(build(fma_dir, a_file / "out"), a_file / "out")
+    assert_one_line_error(build(a_file, tmp_path / "o6"), a_file, "not a folder")
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -325,14 +329,22 @@ def test_files_layout_overwrites_an_old_build(mini_fma, tmp_path, monkeypatch, c
     (out / "training" / "training-000000.tar").write_bytes(b"stale shard")
     (out / "notes.txt").write_text("not ours")
     (out / ".fmashard-build.json").write_text(json.dumps({"build_id": "x", "params": {"codec": "f16"}}))
+    (out / ".fmashard-journal").mkdir()
+    (out / ".fmashard-journal" / "training-000000.json").write_text(json.dumps(
+        {"build_id": "x", "path": "training/training-000000.tar", "index": "training/training-000000.idx"}))
     code, _, err = run_cli(monkeypatch, capsys, "build", "--fma-dir", mini_fma, "--out", out, "--layout", "files")
     assert code == 2
     assert_one_line_error(err, out, "--overwrite")
+    code, _, err = run_cli(monkeypatch, capsys, "build", "--fma-dir", mini_fma, "--out", out, "--layout", "files",
+                           "--overwrite")
+    assert code == 2  # notes.txt is not ours: --overwrite refuses rather than delete around it
+    assert_one_line_error(err, out / "notes.txt", "--overwrite")
 
+    (out / "notes.txt").rename(tmp_path / "notes.txt")
     code, stdout, _ = run_cli(monkeypatch, capsys, "build", "--fma-dir", mini_fma, "--out", out, "--layout", "files",
                               "--overwrite", "--workers", "2")
     assert code == 0 and "6 tracks written, 1 skipped" in stdout
-    assert (out / "notes.txt").exists() and not (out / "training" / "training-000000.tar").exists()
+    assert not (out / "training" / "training-000000.tar").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layout"] == "files" and manifest["dtype"] == "float32"
     assert [s["track_id"] for s in manifest["skipped"]] == [BROKEN]

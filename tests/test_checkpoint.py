@@ -70,11 +70,42 @@ def test_load_rejects_missing_foreign_and_pickled_files(tmp_path):
     with pytest.raises(UserError, match="not an fmashard checkpoint"):
         load_checkpoint(tmp_path / "plain.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="unreadable checkpoint"):
         load_checkpoint(tmp_path / "text.pt")
     torch.save({"format": "fmashard-checkpoint", "version": 1, "code": object()}, tmp_path / "pickle.pt")
-    with pytest.raises(UserError, match="not a readable checkpoint"):  # weights_only refuses arbitrary objects
+    with pytest.raises(UserError, match="unreadable checkpoint"):  # weights_only refuses arbitrary objects
         load_checkpoint(tmp_path / "pickle.pt")
+
+
+def damaged_checkpoint(good: Path, bad: Path) -> Path:
+    """A copy of `good` whose pickle (data.pkl, the first zip member) is overwritten with garbage."""
+    import zipfile
+
+    raw = bytearray(good.read_bytes())
+    member = zipfile.ZipFile(good).infolist()[0]
+    assert member.filename.endswith("data.pkl")
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+    raw[start + 5:start + 25] = b"\xff" * 20
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(bytes(raw))
+    return bad
+
+
+def test_a_damaged_checkpoint_is_unreadable_and_a_folder_is_named(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"step": 1, "weights": torch.zeros(100)})
+    for bad in (damaged_checkpoint(good, tmp_path / "pickle.pt"), tmp_path / "cut.pt", tmp_path / "zeros.pt"):
+        if bad.name == "cut.pt":
+            bad.write_bytes(good.read_bytes()[:300])
+        elif bad.name == "zeros.pt":
+            bad.write_bytes(bytes(good.stat().st_size))
+        with pytest.raises(UserError) as caught:
+            load_checkpoint(bad)
+        message = str(caught.value)
+        assert message.startswith(f"{bad}: unreadable checkpoint (") and "\n" not in message, message
+        assert "weights_only" not in message and len(message) < 300, message
+    with pytest.raises(UserError, match=f"{tmp_path} is a folder, not a checkpoint.*best.pt.*last.pt"):
+        load_checkpoint(tmp_path)
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path):

@@ -126,6 +126,8 @@ def test_summary_format_names_genres_and_special_tracks(demo_summary):
     (["--genres", "9"], "genres must be between 1 and 8, got 9"),
     (["--tracks-per-genre", "9"], "tracks_per_genre must be at least 10"),
     (["--seed", "-1"], "seed must be >= 0"),
+    (["--tracks-per-genre", "100000000000000000000"], "tracks_per_genre must be at most 1000"),
+    (["--genres", "100000000000000000000"], "genres must be between 1 and 8"),
 ])
 def test_demo_data_rejects_bad_arguments(args, expected, tmp_path, cli_error):
     assert expected in cli_error("demo-data", tmp_path / "corpus", *args)

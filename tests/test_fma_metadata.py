@@ -206,3 +206,10 @@ def test_missing_metadata_file_names_the_path(tmp_path, cli_error):
 def test_unknown_subset_or_split_names_the_valid_ones(args, expected, demo_corpus, cli_error):
     message = cli_error("fma-info", demo_corpus, *args)
     assert str(demo_corpus / "fma_metadata" / "tracks.csv") in message and expected in message
+
+
+def test_a_file_instead_of_a_folder_is_named_as_such(tmp_path, cli_error):
+    a_file = tmp_path / "tracks.csv"
+    a_file.write_text("track_id\n")
+    message = cli_error("fma-info", a_file)
+    assert message == f"error: {a_file}: not a folder (expected the FMA folder holding fma_metadata/)"

@@ -125,6 +125,18 @@ def test_truncated_shard_names_shard_and_skip_mode_counts(shards, tmp_path):
     assert loader.policy.num_skipped == 5
 
 
+def test_a_data_error_in_a_dataloader_worker_reaches_the_caller_as_itself(shards, tmp_path):
+    import pickle
+
+    root, _ = shards
+    dst, _ = truncate_copy(root, tmp_path, resolve_source(root).record_bytes * 4 + 700)
+    with pytest.raises(TruncatedShardError, match=r"training-000002\.tar.*truncated") as info:
+        list(ShardLoader(resolve_source(dst), LoaderConfig(batch_size=4, num_workers=2)))
+    assert "Traceback" not in str(info.value) and info.value.url.endswith("training-000002.tar")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is TruncatedShardError and (str(again), again.key) == (str(info.value), info.value.key)
+
+
 def test_wrong_size_and_missing_member_are_named(tmp_path):
     from shard_tools.tar_writer import member_header
     truth = write_synthetic_shards(tmp_path, [3], clip_samples=1000)
@@ -170,7 +182,7 @@ def test_folder_without_manifest_and_brace_pattern(shards, tmp_path):
 
 def test_pipe_urls_need_allow_pipe(shards):
     from fmashard.errors import UserError
-    with pytest.raises(UserError, match="--allow-pipe"):
+    with pytest.raises(UserError, match="allow_pipe=True"):
         resolve_source(f"pipe:cat {shards[0]}/training/training-000000.tar")
 
 

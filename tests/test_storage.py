@@ -61,3 +61,31 @@ def test_local_stream_range_and_skip(tmp_path):
         assert s.read() == bytes(range(10, 20))
     with storage.open_stream(f"file://{path}", 1000) as s:
         assert s.skip(100) == 24 and s.read() == b""
+
+
+def test_pipe_refusal_names_only_a_switch_that_exists(tmp_path):
+    from fmashard.errors import UserError
+    from fmashard.loader import LoaderConfig
+    from fmashard.sources import resolve_source
+
+    url = f"pipe:touch {tmp_path / 'ran'}"
+    errors = []
+    for call in (lambda: storage.open_stream(url), lambda: resolve_source(url)):
+        with pytest.raises(UserError) as info:
+            call()
+        errors.append(str(info.value))
+    for message in errors:
+        assert "--allow-pipe" not in message and "allow_pipe=True" in message
+    assert "allow_pipe" in LoaderConfig.__dataclass_fields__        # the switch it names is real
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_mid_stream_pipe_open_is_refused_before_the_command_runs(tmp_path, monkeypatch):
+    started = []
+    real = storage.subprocess.Popen
+    monkeypatch.setattr(storage.subprocess, "Popen", lambda *a, **kw: started.append(a) or real(*a, **kw))
+    with pytest.raises(StorageError, match="cannot start mid-stream"):
+        storage.open_stream(f"pipe:touch {tmp_path / 'ran'}", 100, allow_pipe=True)
+    assert started == [] and not (tmp_path / "ran").exists()
+    with storage.open_stream("pipe:echo hi", allow_pipe=True) as stream:   # from the start it runs
+        assert stream.read() == b"hi\n" and len(started) == 1

@@ -38,11 +38,14 @@ def rewrite(path: Path, data: bytes) -> None:
 
 def verify_cli(monkeypatch, capsys, out) -> tuple[int, list[str]]:
     monkeypatch.setattr(sys, "argv", ["fmashard", "verify", str(out)])
-    with pytest.raises(SystemExit) as exc:
+    code = 0  # a command that succeeds may simply return
+    try:
         main()
+    except SystemExit as exc:
+        code = exc.code or 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
-    return exc.value.code, [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    return code, [line for line in (captured.out + captured.err).splitlines() if line.strip()]
 
 
 def second_sample(tar_path: Path) -> tuple[str, tarfile.TarInfo, tarfile.TarInfo]:
@@ -121,6 +124,84 @@ def test_missing_shard(copy):
     assert len(problems) == 1 and problems[0].startswith("training/training-000000.tar: cannot read")
 
 
-def test_no_manifest_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    code, lines = verify_cli(monkeypatch, capsys, tmp_path)
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path) in lines[0]
+def test_missing_shard_is_one_problem(copy, monkeypatch, capsys):
+    (copy / "training" / "training-000000.tar").unlink()
+    code, lines = verify_cli(monkeypatch, capsys, copy)
+    assert code == 1 and len(lines) == 2 and lines[1].startswith(f"1 problem: {copy}: ")
+
+
+def test_a_path_that_does_not_exist_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    code, lines = verify_cli(monkeypatch, capsys, tmp_path / "nowhere")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / "nowhere") in lines[0]
+
+
+def test_a_file_is_a_one_line_error(copy, monkeypatch, capsys):
+    shard = copy / "training" / "training-000000.tar"
+    code, lines = verify_cli(monkeypatch, capsys, shard)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: {shard}: ") and "not a build folder" in lines[0]
+
+
+def manifest_problem(monkeypatch, capsys, out) -> str:
+    """verify OUT must find exactly one problem with the manifest: exit 1, the problem, the summary."""
+    code, lines = verify_cli(monkeypatch, capsys, out)
+    assert code == 1 and len(lines) == 2 and lines[1].startswith("1 problem: "), (code, lines)
+    assert not lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_no_manifest_in_a_folder_is_a_problem(tmp_path, monkeypatch, capsys):
+    line = manifest_problem(monkeypatch, capsys, tmp_path)
+    assert str(tmp_path / "manifest.json") in line and "was `fmashard build` run into this folder?" in line
+
+
+def test_an_interrupted_build_says_to_rerun_the_build(copy, monkeypatch, capsys):
+    (copy / "manifest.json").unlink()
+    line = manifest_problem(monkeypatch, capsys, copy)
+    assert str(copy) in line and "incomplete build" in line and "re-run the same `fmashard build` command" in line
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: {**m, "format_version": 99}, "format_version 99 is not one this fmashard reads"),
+    (lambda m: {**m, "format": "other"}, "format is 'other', expected 'fmashard'"),
+    (lambda m: "[1, 2]", "expected an object"),
+])
+def test_an_unreadable_manifest_is_a_problem(change, expected, copy, monkeypatch, capsys):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    changed = change(manifest)
+    rewrite(copy / "manifest.json", (changed if isinstance(changed, str) else json.dumps(changed)).encode())
+    line = manifest_problem(monkeypatch, capsys, copy)
+    assert str(copy / "manifest.json") in line and expected in line
+
+
+def test_a_manifest_json_error_shows_line_and_column(copy, monkeypatch, capsys):
+    rewrite(copy / "manifest.json", b'{"format": "fmashard",\n "splits": {]}')
+    line = manifest_problem(monkeypatch, capsys, copy)
+    assert str(copy / "manifest.json") in line and "line 2 column 13" in line
+
+
+def test_an_empty_build_is_a_problem(copy, monkeypatch, capsys):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        split.update(num_samples=0, num_bytes=0, shards=[])
+    rewrite(copy / "manifest.json", json.dumps(manifest).encode())
+    line = manifest_problem(monkeypatch, capsys, copy)
+    assert "no samples" in line
+
+
+@pytest.mark.parametrize("path", ["../elsewhere/x.tar", "/etc/passwd", "http://other.example/x.tar"])
+def test_a_shard_path_outside_the_build_is_a_problem(path, copy, monkeypatch, capsys):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["test"]["shards"][0]["path"] = path
+    rewrite(copy / "manifest.json", json.dumps(manifest).encode())
+    code, lines = verify_cli(monkeypatch, capsys, copy)
+    assert code == 1 and lines[-1].startswith("1 problem: ")
+    assert str(copy / "manifest.json") in lines[0] and repr(path) in lines[0] and "outside" in lines[0]
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/x", "ftp://host/x"])
+def test_an_unsupported_scheme_is_named(url, monkeypatch, capsys):
+    code, lines = verify_cli(monkeypatch, capsys, url)
+    expected = (f"error: {url}: unsupported URL scheme {url.split(':')[0]!r} "
+                "(supported: local paths, file://, http(s)://, s3://)")
+    assert code == 2 and lines == [expected]

@@ -8,6 +8,7 @@ median of the per-round ratios.  Loaders:
   raw        the physical limit: sequential `readinto` of the same shard files (for URLs: GETs of the
              same objects with the same client), no parsing at all
   wds-host   fmashard's host path: shard bytes -> collated (B, N) int16 batch buffer
+  wds-host-crc  the same with `check_crc`: each sample's audio checked against the build's crc32
   wds        fmashard's full path: the same + decode and windowing on the device -> (B*W, 1, L) float
   dali       DALI's webdataset reader, cast/scale/windows in the pipeline (extra `dali`)
   naive      the notebook: torch.load one float32 .pt per track, windows cut in Python, default collate
@@ -27,7 +28,7 @@ import torch
 from fmashard.errors import UserError
 from fmashard.windows import WindowSpec
 
-LOADERS = ("raw", "wds-host", "wds", "dali", "naive", "naive-mp3")
+LOADERS = ("raw", "wds-host", "wds-host-crc", "wds", "dali", "naive", "naive-mp3")
 
 
 @dataclass(frozen=True)

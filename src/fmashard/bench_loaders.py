@@ -36,8 +36,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def wds_pass(spec, config: BenchConfig, workers: int, device, full: bool, limit: int) -> Run:
-    loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, num_workers=workers, seed=config.seed))
+def wds_pass(spec, config: BenchConfig, workers: int, device, full: bool, limit: int, check_crc: bool = False) -> Run:
+    loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, num_workers=workers, seed=config.seed,
+                                            check_crc=check_crc))
     if not full:
         return timed(loader, len, spec.record_bytes, limit)
     feeder = DeviceFeeder(loader, device, WindowSpec(), seed=config.seed)
@@ -91,8 +92,9 @@ def make_runners(config: BenchConfig) -> dict:
         for workers in (config.workers if name not in ("raw",) else (0,)):
             if name == "raw":
                 runners[(name, 0)] = partial(raw_read, spec, limit)
-            elif name in ("wds", "wds-host"):
-                runners[(name, workers)] = partial(wds_pass, spec, config, workers, device, name == "wds", limit)
+            elif name in ("wds", "wds-host", "wds-host-crc"):
+                runners[(name, workers)] = partial(wds_pass, spec, config, workers, device, name == "wds", limit,
+                                                   check_crc=name == "wds-host-crc")
             elif name == "dali":
                 runners[(name, workers)] = partial(dali_pass, spec, config, device, limit)
             else:

@@ -96,7 +96,9 @@ def write_json(report: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def plot(report: dict, path: str) -> None:
+def plot(report: dict, path: str) -> str:
+    """Write the bar chart to exactly `path` (PNG unless its extension names another format matplotlib
+    writes, such as .svg or .pdf); returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +121,9 @@ def plot(report: dict, path: str) -> None:
     ax.set_title(f"fmashard bench: {rows[0]['tracks']} tracks, {report['config']['rounds']} rounds\n"
                  f"{env['cpu']}, {env['cores']} cores", fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix[1:].lower()
+    fig.savefig(path, dpi=110, format=fmt if fmt in fig.canvas.get_supported_filetypes() else "png")
     plt.close(fig)
+    return str(path)

@@ -46,21 +46,47 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     _atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by `save_checkpoint`, on the CPU; UserError if it is missing or not one."""
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
+    """A checkpoint written by `save_checkpoint`, on the CPU; UserError if it is missing, damaged, not
+    one, or lacks one of the `required` keys.  Never unpickles code (weights_only=True)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a checkpoint: give the checkpoint file in it "
+                        f"({path / 'best.pt'} or {path / 'last.pt'})")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors have many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first})") from None
+        raise UserError(f"{path}: unreadable checkpoint ({_load_failure(exc)}): damaged, cut short or not "
+                        "written by fmashard") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an fmashard checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path}: checkpoint version {state.get('version')}, this fmashard reads {CHECKPOINT_VERSION}")
+    require_keys(state, path, required)
     return state
+
+
+def require_keys(state: dict, path: Path, keys: tuple[str, ...]) -> None:
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise UserError(f"{path}: not a complete fmashard checkpoint (no {', '.join(missing)})")
+
+
+def _load_failure(exc: Exception) -> str:
+    """What torch.load found wrong, without its advice (retrying with weights_only=False would run
+    whatever code the file holds: never right for a file that failed to load safely)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif "legacy .tar format" in text:
+        return "not a zip archive, the format torch.save writes"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if not first or "weights_only" in first:
+        return type(exc).__name__
+    return first[:200]
 
 
 # ---------------------------------------------------------------------------------------- RNG states
@@ -136,6 +162,8 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
 IDENTITY_FIELDS = ("shards", "model", "batch_size", "lr", "seed", "window_seconds", "windows", "overlap",
                    "random_crop", "amp", "amp_dtype", "shuffle_buffer")
 RESUME_FIELDS = tuple(f for f in IDENTITY_FIELDS if f != "shards")  # the shards may move (local -> s3)
+RESUME_KEYS = ("model", "optimizer", "scaler", "epoch", "step", "batches_done", "best", "train_seconds",
+               "train_totals", "loader", "rng")
 
 
 def identity_of(values: dict, fields=IDENTITY_FIELDS) -> dict:
@@ -157,8 +185,13 @@ def prepare_run_dir(config, run_dir: Path, vocabulary, is_main: bool) -> dict | 
     if config.resume and last.is_file():
         state = load_checkpoint(last)
         check_resume(config, state, vocabulary, last)
+        require_keys(state, last, RESUME_KEYS)
     elif config_path.is_file():
-        mine, theirs = identity_of(config.as_dict()), identity_of(read_json(config_path).get("train", {}))
+        recorded = read_json(config_path)
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("train", {}), dict):
+            raise UserError(f"{config_path}: not a run config (a JSON object with a \"train\" object); "
+                            "choose another --out")
+        mine, theirs = identity_of(config.as_dict()), identity_of(recorded.get("train", {}))
         diffs = [f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in IDENTITY_FIELDS if theirs[k] != mine[k]]
         if diffs:
             raise UserError(f"{run_dir} holds another run ({', '.join(diffs)}); choose another --out")

@@ -37,11 +37,21 @@ class HostBatch:
         return self.audio.shape[0]
 
 
+def row_bytes(spec: DatasetSpec) -> int:
+    """Bytes of one batch row: a sample's audio rounded up to 64 bytes (see BatchBuffers._allocate)."""
+    return -(-spec.sample_bytes // ROW_ALIGN) * ROW_ALIGN
+
+
 class BatchBuffers:
     """Pending batch buffers, allocated on first use (recycled ones when the consumer let go of
-    them: no page faults, no zeroing) and handed out when full."""
+    them: no page faults, no zeroing) and handed out when full.  `samples`: how many samples will ever
+    be read into them (buffers have no more rows than that, whatever the batch size)."""
 
-    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool, pending: int = 8):
+    def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool, pending: int = 8,
+                 samples: int | None = None):
+        if samples is not None:
+            batch_size = max(1, min(batch_size, samples))
+            pending = max(1, min(pending, -(-samples // batch_size)))
         self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
         self.dtype = getattr(torch, spec.dtype)
         self.live: dict[int, tuple] = {}
@@ -52,8 +62,7 @@ class BatchBuffers:
         64-byte aligned in the shard file, and the kernel's page-cache copy runs at full speed only
         when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
         multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
-        per_row = ROW_ALIGN // self.dtype.itemsize
-        shape = (self.batch_size, -(-self.spec.clip_samples // per_row) * per_row)
+        shape = (self.batch_size, row_bytes(self.spec) // self.dtype.itemsize)
         if self.shared:           # it leaves for the main process: a fresh shared-memory buffer
             return torch.empty(shape, dtype=self.dtype).share_memory_()
         if self.pin:              # torch's caching host allocator reuses pinned memory

@@ -6,6 +6,7 @@ Re-running in the same folder reuses the corpus and the finished builds (builds 
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,6 +26,29 @@ class DemoConfig:
     bench_rounds: int = 2
     bench_tracks: int | None = None  # all training tracks: a tiny run would be all shuffle-buffer tail
     workers: int | None = None
+
+    def __post_init__(self):
+        """Every option is checked here, before a corpus is made, a build runs or a model trains."""
+        from shard_tools.build import BuildConfig
+        from shard_tools.demo_corpus import DemoCorpusConfig
+
+        DemoCorpusConfig(Path(self.out_dir or "."), self.genres, self.tracks_per_genre, self.seed)
+        BuildConfig(fma_dir="fma", out="out", workers=self.workers, seed=self.seed)
+        self.train_config("shards", "run")
+        if self.bench_rounds < 1 or (self.bench_tracks is not None and self.bench_tracks < 1):
+            from fmashard.errors import UserError
+
+            raise UserError(f"bench: rounds and tracks must be >= 1, got {self.bench_rounds}, {self.bench_tracks}")
+
+    def train_config(self, shards: str, run_dir: str, training_tracks: int = 8):
+        """Batches of 8 tracks, fewer when the training split is smaller (a tiny corpus must still train)."""
+        from fmashard.train import TrainConfig
+
+        batch_size = max(2, min(8, training_tracks))
+        return TrainConfig(shards=shards, out=run_dir, model=self.model, epochs=self.epochs, amp=True,
+                           batch_size=batch_size,
+                           seed=self.seed, window_seconds=self.window_seconds, windows=self.windows,
+                           random_crop=True, precise_bn=8, progress=False)
 
 
 def _step(title: str, echo) -> float:
@@ -58,14 +82,13 @@ def build_both(config: DemoConfig, fma: Path, echo) -> tuple[Path, Path]:
 
 
 def train_small(config: DemoConfig, shards: Path, echo):
-    from fmashard.train import TrainConfig, train
+    from fmashard.train import train
 
     run_dir = Path(config.out_dir) / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    result = train(TrainConfig(shards=str(shards), out=str(run_dir), model=config.model, epochs=config.epochs,
-                               amp=True, batch_size=8, seed=config.seed, window_seconds=config.window_seconds,
-                               windows=config.windows, random_crop=True, precise_bn=8, progress=False))
-    return result
+    manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
+    tracks = int(manifest["splits"]["training"]["num_samples"])
+    return train(config.train_config(str(shards), str(run_dir), tracks))
 
 
 def bench_short(config: DemoConfig, shards: Path, files: Path, fma: Path, echo) -> dict:
@@ -102,7 +125,9 @@ def run_demo(config: DemoConfig, echo=print) -> dict:
     summary = {"val_track_acc": result.best_val_track_acc, "chance": chance,
                "x_naive": rows[("wds", 0)].get("x_naive"), "x_naive_mp3": rows[("wds", 0)].get("x_naive_mp3"),
                "host_x_naive": rows[("wds-host", 0)].get("x_naive"), "seconds": time.perf_counter() - started}
-    echo(f"\nvalidation track accuracy (majority vote): {summary['val_track_acc']:.1%} (chance {chance:.1%})")
+    acc = summary["val_track_acc"]
+    echo(f"\nvalidation track accuracy (majority vote): {'n/a' if acc is None else f'{acc:.1%}'} "
+         f"(chance {chance:.1%})")
     echo(f"fmashard to float windows: {summary['x_naive']:.1f}x the naive .pt loader, "
          f"{summary['x_naive_mp3']:.0f}x the decode-every-epoch MP3 loader; host path "
          f"{summary['host_x_naive']:.1f}x naive (this machine, {report['results'][0]['tracks']} tracks, "

@@ -16,6 +16,16 @@ log = logging.getLogger("fmashard")
 class UserError(Exception):
     """Something the user can fix: printed as one line, exit code 2, no traceback."""
 
+    def __reduce__(self):   # picklable as itself: a DataLoader worker hands it to the main process
+        return _rebuilt, (type(self), str(self), dict(vars(self)))
+
+
+def _rebuilt(cls, message: str, attrs: dict) -> UserError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(attrs)
+    return exc
+
 
 class StorageError(UserError):
     """A URL could not be read or written (not found, denied, unreachable)."""

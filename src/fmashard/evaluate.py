@@ -24,6 +24,7 @@ from fmashard.device import DeviceFeeder
 from fmashard.distributed import all_reduce_sum, init_distributed
 from fmashard.errors import UserError, log
 from fmashard.loader import LoaderConfig, ShardLoader
+from fmashard.preflight import check_memory, writable_folder
 from fmashard.sources import DatasetSpec, resolve_source
 from fmashard.windows import WindowSpec
 
@@ -88,12 +89,17 @@ def check_clip_length(spec: DatasetSpec, window: WindowSpec) -> None:
 
 
 # ------------------------------------------------------------------------------------- metrics
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A metric for people: "n/a" where there was nothing to measure (no tracks)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 @dataclass(frozen=True)
 class EvalMetrics:
-    loss: float
-    window_acc: float
-    track_acc_vote: float
-    track_acc_mean: float
+    loss: float | None              # None: no windows (an empty split), so nothing was measured
+    window_acc: float | None
+    track_acc_vote: float | None
+    track_acc_mean: float | None
     windows: int
     tracks: int
     skipped: int = 0
@@ -115,6 +121,8 @@ class MetricTotals:
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, num_tracks: int, loss: torch.Tensor) -> None:
+        if not num_tracks:   # a batch whose every track was skipped (on_error=skip)
+            return
         logits = logits.detach().float()
         windows = logits.shape[0]
         per_track = windows // num_tracks
@@ -148,8 +156,11 @@ class MetricTotals:
 
     def result(self, skipped: int = 0) -> EvalMetrics:
         loss, correct, windows, vote, mean, tracks = self.sums.tolist()
-        return EvalMetrics(loss / max(windows, 1), correct / max(windows, 1), vote / max(tracks, 1),
-                           mean / max(tracks, 1), int(windows), int(tracks), int(skipped),
+
+        def ratio(part: float, whole: float) -> float | None:
+            return part / whole if whole else None
+        return EvalMetrics(ratio(loss, windows), ratio(correct, windows), ratio(vote, tracks),
+                           ratio(mean, tracks), int(windows), int(tracks), int(skipped),
                            tuple(tuple(row) for row in self.confusion.tolist()))
 
 
@@ -163,6 +174,8 @@ def evaluate(model: torch.nn.Module, loader: ShardLoader, device: torch.device, 
     model.eval()
     totals = MetricTotals(num_classes, device)
     for batch in DeviceFeeder(loader, device, replace(window, random_crop=False)):
+        if not batch.num_tracks:  # all its tracks were skipped (on_error=skip)
+            continue
         with ctx:
             logits = model(batch.windows)
             loss = F.cross_entropy(logits.float(), batch.labels)
@@ -216,6 +229,7 @@ class EvaluateConfig:
     workers: int = 0
     amp: bool | None = None         # None: as the checkpoint was trained
     on_error: str = "raise"
+    check_crc: bool = False         # check each sample's audio against the build's crc32 (LoaderConfig)
     endpoint_url: str | None = None
 
     def __post_init__(self):
@@ -236,8 +250,9 @@ class EvalReport:
 
     def summary(self) -> str:
         m = self.metrics
-        return (f"{self.split}: {m.tracks} tracks, {m.windows} windows | loss {m.loss:.4f} | window acc "
-                f"{m.window_acc:.4f} | track acc vote {m.track_acc_vote:.4f} mean-logits {m.track_acc_mean:.4f}")
+        return (f"{self.split}: {m.tracks} tracks, {m.windows} windows | loss {fmt(m.loss, 4)} | window acc "
+                f"{fmt(m.window_acc, 4)} | track acc vote {fmt(m.track_acc_vote, 4)} mean-logits "
+                f"{fmt(m.track_acc_mean, 4)}")
 
 
 def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
@@ -247,7 +262,9 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
 
     if config.endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = config.endpoint_url
-    state = load_checkpoint(config.checkpoint)
+    state = load_checkpoint(config.checkpoint, required=("model_name", "model", "vocabulary", "window"))
+    out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
+    writable_folder(out, "--out" if config.out else "--out (default: the checkpoint's folder)")
     dist = init_distributed(config.device)
     try:
         spec = labelled_split(config.shards, config.split)
@@ -255,7 +272,10 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
         if tuple(spec.vocabulary) != vocabulary:
             raise UserError(f"{config.checkpoint} was trained on the genres {list(vocabulary)}, but {config.shards} "
                             f"has {list(spec.vocabulary)}")
-        window = replace(WindowSpec(**state["window"]), random_crop=False)
+        try:
+            window = replace(WindowSpec(**state["window"]), random_crop=False)
+        except TypeError as exc:
+            raise UserError(f"{config.checkpoint}: not an fmashard checkpoint (its window: {exc})") from None
         check_clip_length(spec, window)
         model = build_model(state["model_name"], len(vocabulary), window.window)
         try:
@@ -264,13 +284,15 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
             raise UserError(f"{config.checkpoint}: weights do not fit model {state['model_name']!r} "
                             f"({str(exc).splitlines()[0]})") from None
         model.to(dist.device)
-        trained = state["config"]
+        trained = state.get("config") or {}
         amp = trained.get("amp", False) if config.amp is None else config.amp
         ctx, _ = autocast_context(dist.device, amp, trained.get("amp_dtype", "auto"))
         loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                                num_workers=config.workers, on_error=config.on_error))
+                                                num_workers=config.workers, on_error=config.on_error,
+                                                check_crc=config.check_crc))
+        loader.label = f"{config.split} split"
+        check_memory(spec, loader.config, dist.world_size)
         metrics = evaluate(model, loader, dist.device, window, ctx, len(vocabulary))
-        out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
         files = {"metrics": str(out / f"eval_{config.split}.json"),
                  "confusion_json": str(out / f"confusion_{config.split}.json"),
                  "confusion_png": str(out / f"confusion_{config.split}.png")}

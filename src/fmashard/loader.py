@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
 from fmashard.collate import BatchBuffers, finish_batch
-from fmashard.errors import DataError, ErrorPolicy, StorageError, log
+from fmashard.errors import DataError, ErrorPolicy, StorageError, UserError, log
 from fmashard.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
 from fmashard.records import LocalShard, ParallelReads, is_local, iter_stream_records, stream_records
 from fmashard.sources import DatasetSpec
@@ -41,6 +41,7 @@ class LoaderConfig:
     world_size: int | None = None
     pin_memory: bool | None = None
     allow_pipe: bool = False
+    check_crc: bool = False    # compare each sample's audio with the crc32 the build recorded (manifest)
     read_threads: int = 2      # threads reading records at once: a few records per job, one preadv
                                # (local) or one ranged request (http/s3) each; 1 = in the loader's thread
     prefetch: int = 2          # num_workers=0 and read_threads=1 (or pipe: URLs): batches a background
@@ -73,9 +74,10 @@ class WorkerStream:
     `start` batches of the plan were already delivered (resume)."""
 
     def __init__(self, spec: DatasetSpec, plan: WorkerPlan, policy: ErrorPolicy, buffers: BatchBuffers,
-                 start: int = 0, allow_pipe: bool = False, read_threads: int = 1):
+                 start: int = 0, allow_pipe: bool = False, read_threads: int = 1, check_crc: bool = False):
         self.spec, self.plan, self.policy, self.buffers = spec, plan, policy, buffers
         self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
+        self._crcs = {sh.url: sh.crc32 for sh in spec.shards} if check_crc else {}
         self._reported = policy.num_skipped
         self._fixed = spec.record_bytes - padded(spec.sample_bytes) == PREAMBLE
         self._reads: ParallelReads | None = None
@@ -127,7 +129,8 @@ class WorkerStream:
             yield from self._read_local(seg.url, first, run)
         elif self._fixed and self.read_threads > 1 and storage.scheme_of(seg.url) != "pipe":
             job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
-                          record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe)
+                          record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe,
+                          crcs=self._crcs.get(seg.url))
             yield from self._read_jobs(job, first, run, STREAM_CHUNK)
         else:
             yield from self._read_stream(seg.url, first, run)
@@ -141,7 +144,8 @@ class WorkerStream:
             return slot
         done = 0
         for result, n in iter_stream_records(url, first, len(run), slot_for, self.spec.sample_bytes,
-                                             self.spec.audio_ext, self.spec.record_bytes, self.allow_pipe):
+                                             self.spec.audio_ext, self.spec.record_bytes, self.allow_pipe,
+                                             self._crcs.get(url)):
             if isinstance(result, Exception):
                 self.policy.handle(_as_data_error(result, self.policy), lost=n)
             else:
@@ -153,7 +157,8 @@ class WorkerStream:
     def _read_local(self, url: str, first: int, run: list[int]):
         """Local shard: records read in place (`records.LocalShard`), a few at once."""
         try:
-            shard = LocalShard(url, self.spec.record_bytes, self.spec.sample_bytes, self.spec.audio_ext)
+            shard = LocalShard(url, self.spec.record_bytes, self.spec.sample_bytes, self.spec.audio_ext,
+                               self._crcs.get(url))
         except StorageError as exc:
             if self.policy.mode == "raise":
                 raise
@@ -263,9 +268,26 @@ class _WorkerDataset(IterableDataset):
         worker, workers = ((info.id + self.rotation) % info.num_workers, info.num_workers) if info else (0, 1)
         plan = worker_plan(self.spec, self.cfg.plan_config(), self.epoch, self.rank, self.world, worker, workers)
         buffers = BatchBuffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None,
-                           pending=plan.pending)
-        yield from WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe,
-                                self.cfg.read_threads)
+                               pending=plan.pending, samples=plan.num_samples)
+        stream = WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe,
+                              self.cfg.read_threads, self.cfg.check_crc)
+        try:
+            yield from stream
+        except UserError as exc:
+            if info is None:
+                raise
+            yield exc   # to the main process as itself (torch would re-raise it as a RuntimeError)
+
+
+def require_crcs(spec: DatasetSpec) -> None:
+    """check_crc needs the crc32 of every sample, which a manifest of `fmashard build` records."""
+    for shard in spec.shards:
+        if shard.crc32 is None:
+            raise UserError(f"{shard.url}: --check-crc: the build recorded no checksums for this shard (it needs "
+                            "the manifest.json of a `fmashard build` that lists crc32s; rebuild, or drop --check-crc)")
+        if len(shard.crc32) != shard.num_samples:
+            raise UserError(f"{shard.url}: --check-crc: the manifest lists {len(shard.crc32)} checksums for "
+                            f"{shard.num_samples} samples")
 
 
 class ShardLoader:
@@ -284,6 +306,8 @@ class ShardLoader:
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is outside world size {self.world}")
         self.policy = ErrorPolicy(config.on_error)
+        if config.check_crc:
+            require_crcs(spec)
         pin = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
         if pin and not torch.cuda.is_available():
             raise ValueError("pin_memory=True needs CUDA, which is not available")
@@ -291,6 +315,7 @@ class ShardLoader:
         self.pin_by_loader = pin and config.num_workers > 0
         self.epoch, self.delivered, self._resume = 0, 0, 0
         self.skipped_this_epoch = 0
+        self.label: str | None = None   # what the skip count at the end of a pass calls it (default: epoch N)
 
     def _counts(self, epoch: int) -> list[int]:
         """Batches per worker this epoch (the same every epoch: only the order changes)."""
@@ -333,11 +358,14 @@ class ShardLoader:
             source = iter(DataLoader(dataset, batch_size=None, num_workers=self.config.num_workers,
                                      pin_memory=self.pin_by_loader, prefetch_factor=2))
         for batch in source:
+            if isinstance(batch, UserError):
+                raise batch
             self.delivered += 1
             self.skipped_this_epoch += batch.skipped
             yield batch
         if self.delivered != total:
             raise RuntimeError(f"loader delivered {self.delivered} batches, planned {total}")
-        if self.skipped_this_epoch:
-            log.warning("epoch %d: %d samples skipped (on_error=skip)", self.epoch, self.skipped_this_epoch)
+        if self.skipped_this_epoch:  # `label` names the pass for people (epochs count from 1 there)
+            log.warning("%s: %d samples skipped (on_error=skip)", self.label or f"epoch {self.epoch + 1}",
+                        self.skipped_this_epoch)
         self.epoch, self._resume, self.delivered = self.epoch + 1, 0, 0  # state now points at the next epoch

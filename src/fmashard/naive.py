@@ -13,7 +13,6 @@ index on a failed item (that changes the data), and its use of half the dataset.
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import torch
@@ -41,8 +40,11 @@ def one_hot(label: int, num_classes: int) -> torch.Tensor:
 
 
 def load_files_manifest(source: str) -> tuple[dict, str]:
-    url = source if str(source).endswith(".json") else storage.join_url(source, "manifest.json")
-    manifest = json.loads(storage.read_bytes(url))
+    from fmashard.sources import load_manifest
+
+    source = storage.check_scheme(str(source))
+    url = source if source.endswith(".json") else storage.join_url(source, "manifest.json")
+    manifest = load_manifest(url)  # format, format_version, paths inside its folder
     if manifest.get("layout") != "files":
         raise UserError(f"{url}: the naive loader needs a `fmashard build --layout files` output")
     return manifest, storage.parent_url(url)

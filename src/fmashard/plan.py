@@ -91,6 +91,8 @@ def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Genera
     buffer_of = np.empty(n, dtype=np.int64)
     slot_of = np.empty(n, dtype=np.int64)
     plan = BatchPlan(buffer_of, slot_of)
+    if n == 0:                                 # a worker or rank with no samples (an empty split)
+        return plan
     short = -n % batch_size
     count = min(buffers, -(-n // batch_size))
     pending, fill = list(range(count)), [0] * count

@@ -11,19 +11,21 @@ parser, which names the fault.
 from __future__ import annotations
 
 import os
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from fmashard import storage
-from fmashard.errors import DamagedHeaderError, DataError, StorageError, TruncatedShardError
+from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
 from fmashard.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, parse_preamble
 
 
 class LocalShard:
     """Random access to the records of one local shard file."""
 
-    def __init__(self, url: str, record_bytes: int, sample_bytes: int, audio_ext: str):
+    def __init__(self, url: str, record_bytes: int, sample_bytes: int, audio_ext: str, crcs=None):
         self.url, self.rb, self.sample_bytes, self.audio_ext = url, record_bytes, sample_bytes, audio_ext
+        self.crcs = crcs   # the crc32 of each record's audio, to check after the read (None: unchecked)
         self.suffix = ("." + audio_ext).encode()
         self.pad = bytearray(record_bytes - PREAMBLE - sample_bytes)   # tar padding after the audio
         self.file = storage.open_local(url)
@@ -55,9 +57,10 @@ class LocalShard:
             if got >= (i + 1) * self.rb - len(self.pad):
                 head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix)
             try:
-                out.append(Sample(head[0], head[1], True) if head else self.read(first + i, slot))
+                sample = Sample(head[0], head[1], True) if head else self.read(first + i, slot)
             except DataError as exc:
-                out.append(exc)
+                sample = exc
+            out.append(check_audio(sample, slot, self.url, self.crcs, first + i))
         return out
 
     def read_general(self, index: int, slot) -> Sample:
@@ -75,21 +78,31 @@ class LocalShard:
         self.file.close()
 
 
+def check_audio(sample, slot, url: str, crcs, index: int):
+    """`sample`, or a CorruptSampleError if the audio in `slot` is not what the build wrote: its crc32
+    differs from `crcs[index]` (crcs None: unchecked).  zlib releases the GIL over large buffers."""
+    if crcs is None or not isinstance(sample, Sample) or zlib.crc32(slot) == crcs[index]:
+        return sample
+    return CorruptSampleError(url, sample.key, "audio bytes differ from what the build wrote (crc32 mismatch)")
+
+
 def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes: int, audio_ext: str,
-                        record_bytes: int, allow_pipe: bool = False):
+                        record_bytes: int, allow_pipe: bool = False, crcs=None):
     """Records first .. first+count-1 of a shard, over one stream (one ranged request): yields
     (result, n) pairs, result a Sample or the error (a DataError, or the StorageError of a read that
     outlasted its retries) standing for the next n records.  `slot_for(i)` gives record i's slot, asked
-    just before it is read.  A damaged header costs its record (the stream is reopened at the next
-    one); a truncated shard or a storage error costs the rest (one pair)."""
+    just before it is read; with `crcs`, each sample's audio is checked against them (`check_audio`).
+    A damaged header costs its record (the stream is reopened at the next one); a truncated shard or a
+    storage error costs the rest (one pair)."""
     done, end = 0, (first + count) * record_bytes
     while done < count:
         try:
             with storage.open_stream(url, (first + done) * record_bytes, end, allow_pipe=allow_pipe) as stream:
                 reader = RecordReader(stream, url, sample_bytes, audio_ext, record_bytes)
                 while done < count:
+                    slot = slot_for(done)
                     try:
-                        sample = reader.read_sample(slot_for(done))
+                        sample = reader.read_sample(slot)
                     except (DamagedHeaderError, TruncatedShardError):
                         raise
                     except DataError as exc:       # its members were consumed: the stream goes on
@@ -98,7 +111,7 @@ def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes
                         raise TruncatedShardError(url, None, f"shard ends after {first + done} samples; "
                                                              "the manifest promised more (truncated)")
                     done += 1
-                    yield sample, 1
+                    yield check_audio(sample, slot, url, crcs, first + done - 1), 1
         except DamagedHeaderError as exc:          # resync at the next record boundary
             done += 1
             yield exc, 1
@@ -108,11 +121,11 @@ def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes
 
 
 def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_ext: str, record_bytes: int,
-                   allow_pipe: bool = False) -> list:
+                   allow_pipe: bool = False, crcs=None) -> list:
     """A read-thread job: `iter_stream_records` into `slots`, one result per record (an error that
     costs several records is the same object for each)."""
     return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, sample_bytes,
-                                                        audio_ext, record_bytes, allow_pipe) for _ in range(n)]
+                                                        audio_ext, record_bytes, allow_pipe, crcs) for _ in range(n)]
 
 
 def is_local(url: str) -> bool:

@@ -8,6 +8,7 @@ sample counts from the object sizes (our records have a fixed size).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from fmashard import storage
 from fmashard.errors import DataError, NotFoundError, UserError
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "fmashard"
+FORMAT_VERSIONS = (1,)  # the manifest versions this fmashard reads (ARCHITECTURE.md "Shard format")
+_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 AUDIO_DTYPES = {"pcm16": ("pcm", "int16", 2), "f16": ("f16", "float16", 2)}
 TAR_END = 1024
 
@@ -25,6 +29,7 @@ TAR_END = 1024
 class ShardInfo:
     url: str
     num_samples: int
+    crc32: tuple[int, ...] | None = None   # of each sample's audio, from the manifest (the build's record)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class DatasetSpec:
 
 
 def load_manifest(url: str) -> dict:
+    url = storage.check_scheme(url)
     try:
         raw = storage.read_bytes(url)
     except NotFoundError:
@@ -65,22 +71,79 @@ def load_manifest(url: str) -> dict:
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{url}: not a JSON manifest ({exc.msg if hasattr(exc, 'msg') else exc})") from None
-    if manifest.get("format") != "fmashard" or "splits" not in manifest:
-        raise UserError(f"{url}: not an fmashard manifest (no format/splits fields)")
+        raise UserError(f"{url}: not a JSON manifest ({exc})") from None
+    return check_manifest(url, manifest)
+
+
+def manifest_problem(manifest) -> str | None:
+    """What makes `manifest` (parsed JSON) not a manifest this fmashard can read, or None."""
+    if not isinstance(manifest, dict):
+        return f"not an fmashard manifest (a JSON {_json_type(manifest)}, expected an object)"
+    if manifest.get("format") != MANIFEST_FORMAT:
+        if "format" not in manifest:
+            return "not an fmashard manifest (no format field)"
+        return f"not an fmashard manifest (format is {manifest['format']!r}, expected {MANIFEST_FORMAT!r})"
+    version = manifest.get("format_version")
+    if type(version) is not int or version not in FORMAT_VERSIONS:
+        known = ", ".join(map(str, FORMAT_VERSIONS))
+        return (f"format_version {version!r} is not one this fmashard reads ({known}); "
+                "rebuild the shards with this fmashard, or use the version that wrote them")
+    if not isinstance(manifest.get("splits"), dict):
+        if "splits" not in manifest:
+            return "not an fmashard manifest (no splits field)"
+        return f"not an fmashard manifest (splits is a {_json_type(manifest['splits'])}, expected an object)"
+    return None
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), "number"
+                                                                              if value is not None else "null")
+
+
+def listed_paths(manifest: dict) -> list[str]:
+    """Every shard, .idx and .pt path a (valid) manifest lists."""
+    entries = [e for split in manifest["splits"].values() if isinstance(split, dict)
+               for key in ("shards", "files") for e in split.get(key) or [] if isinstance(e, dict)]
+    return [e[k] for e in entries for k in ("path", "index") if k in e]
+
+
+def is_inside(rel) -> bool:
+    """A manifest path must be relative and stay in the manifest's folder or prefix: no `/...`, no
+    `..`, no `scheme:` (another host, bucket or a pipe: command)."""
+    if not isinstance(rel, str) or not rel.strip():
+        return False
+    norm = rel.replace("\\", "/")
+    return not (norm.startswith("/") or _SCHEME_LIKE.match(norm) or ".." in norm.split("/"))
+
+
+def member_url(manifest_url: str, rel) -> str:
+    """The URL of a file the manifest lists; a UserError for one outside the manifest's folder."""
+    if not is_inside(rel):
+        raise UserError(f"{manifest_url}: path {rel!r} is outside the manifest's folder (manifest paths must "
+                        "be relative, without '..')")
+    return storage.join_url(storage.parent_url(manifest_url), rel)
+
+
+def check_manifest(url: str, manifest) -> dict:
+    """`manifest` if this fmashard can read it and all its paths stay in its folder; else a UserError."""
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{url}: {problem}")
+    for rel in listed_paths(manifest):
+        member_url(url, rel)
     return manifest
 
 
 def spec_from_manifest(url: str, split: str, manifest: dict | None = None) -> DatasetSpec:
-    manifest = manifest or load_manifest(url)
+    url = storage.check_scheme(url)
+    manifest = check_manifest(url, manifest) if manifest is not None else load_manifest(url)
     if manifest.get("layout", "shards") != "shards":
         raise UserError(f"{url}: a '{manifest['layout']}' layout build; the streaming loader needs --layout shards")
     splits = manifest["splits"]
     if split not in splits:
         raise UserError(f"{url}: no split {split!r} (has: {', '.join(splits)})")
-    base = storage.parent_url(url)
-    shards = tuple(ShardInfo(storage.join_url(base, s["path"]), int(s["num_samples"]))
-                   for s in splits[split]["shards"])
+    shards = tuple(ShardInfo(member_url(url, s["path"]), int(s["num_samples"]),
+                             tuple(s["crc32"]) if "crc32" in s else None) for s in splits[split]["shards"])
     if not shards:
         raise UserError(f"{url}: split {split!r} has no shards")
     vocab = manifest.get("vocabulary")
@@ -100,9 +163,12 @@ def _expand(source) -> list[str]:
 
 def resolve_source(source, split: str = "training", allow_pipe: bool = False) -> DatasetSpec:
     """Turn a manifest / folder / pattern / URL list into the DatasetSpec of one split."""
-    urls = _expand(source)
+    urls = [storage.check_scheme(url) for url in _expand(source)]
     if len(urls) == 1:
         url = urls[0]
+        if storage.scheme_of(url) == "local" and Path(url).is_file() and not url.endswith((".json", ".tar")):
+            raise UserError(f"{url}: a file, but not a manifest.json or a .tar shard (pass a build folder, "
+                            "its manifest.json or .tar shards)")
         if url.endswith(".json"):
             return spec_from_manifest(url, split)
         if not url.endswith(".tar"):
@@ -117,7 +183,7 @@ def resolve_source(source, split: str = "training", allow_pipe: bool = False) ->
                 raise NotFoundError(url, "no manifest.json here and not a .tar shard URL")
     for url in urls:
         if storage.scheme_of(url) == "pipe" and not allow_pipe:
-            raise UserError(f"{url}: pipe: URLs run a shell command; pass --allow-pipe to permit them")
+            raise UserError(f"{url}: {storage.PIPE_REFUSAL}")
     return spec_from_shards(urls, split, allow_pipe)
 
 

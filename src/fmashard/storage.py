@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -33,6 +34,8 @@ from urllib.parse import urlparse
 from fmashard.errors import AuthError, NotFoundError, StorageError, UserError, log
 
 REMOTE_SCHEMES = ("http", "https", "s3")
+PIPE_REFUSAL = ("pipe: URLs run a shell command; they are accepted only from Python, with allow_pipe=True "
+                "(fmashard.loader.LoaderConfig, fmashard.sources.resolve_source)")
 
 
 def _env_number(name: str, default: str, kind=float, minimum: float = 0):
@@ -89,6 +92,16 @@ def scheme_of(url: str) -> str:
         return "pipe"
     parsed = urlparse(str(url))
     return parsed.scheme if parsed.scheme in ("file", *REMOTE_SCHEMES) else "local"
+
+
+def check_scheme(url: str) -> str:
+    """`url` as a string, or a UserError naming a URL scheme fmashard cannot read (gs://, ftp://, ...),
+    which `scheme_of` would otherwise take for a local path."""
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", str(url))
+    if found and found.group(1).lower() not in ("file", *REMOTE_SCHEMES):
+        raise UserError(f"{url}: unsupported URL scheme {found.group(1)!r} "
+                        "(supported: local paths, file://, http(s)://, s3://)")
+    return str(url)
 
 
 def is_remote(url: str) -> bool:
@@ -298,9 +311,9 @@ def _open_s3(url: str, start: int, end: int | None, if_match: str | None = None)
 
 
 def _open_pipe(url: str, start: int, end: int | None):
-    proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)  # noqa: S602
-    if start:
+    if start:   # refused before the command runs
         raise StorageError(url, "pipe: sources cannot start mid-stream")
+    proc = subprocess.Popen(url[len("pipe:"):], shell=True, stdout=subprocess.PIPE)  # noqa: S602
     return proc.stdout, None
 
 
@@ -325,7 +338,7 @@ class ReadStream:
         self.retry = retry or RetryPolicy()
         self.scheme = scheme_of(self.url)
         if self.scheme == "pipe" and not allow_pipe:
-            raise StorageError(self.url, "pipe: URLs run a shell command; pass --allow-pipe to permit them")
+            raise StorageError(self.url, PIPE_REFUSAL)
         self.retries_used = 0
         self._raw, self.total = self._with_retries(lambda: OPENERS[self.scheme](self.url, self.pos, self.end))
         self._etag = getattr(self._raw, "headers", {}).get("ETag") if self.scheme == "s3" else None

@@ -12,11 +12,7 @@ and the DeviceFeeder's start_index keeps the random crops of the remaining batch
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,12 +22,14 @@ import torch.nn.functional as F
 from fmashard.checkpoint import append_jsonl, prepare_run_dir, rng_state, save_checkpoint, set_rng_state, write_json
 from fmashard.device import DeviceFeeder
 from fmashard.distributed import all_gather_int, all_reduce_sum, any_rank, broadcast_buffers, init_distributed
-from fmashard.errors import UserError, log
+from fmashard.errors import UserError
 from fmashard.evaluate import (AMP_DTYPES, EvalMetrics, EvaluateConfig, MetricTotals, autocast_context,  # noqa: F401
-                               check_clip_length, evaluate, evaluate_checkpoint, labelled_split,
+                               check_clip_length, evaluate, evaluate_checkpoint, fmt, labelled_split,
                                recalibrate_batchnorm)
 from fmashard.loader import LoaderConfig, ShardLoader
 from fmashard.models import MODELS, build_model, count_parameters
+from fmashard.preflight import check_memory, writable_folder
+from fmashard.train_display import Progress, compile_guard, stop_signals
 from fmashard.windows import WindowSpec
 
 
@@ -64,6 +62,7 @@ class TrainConfig:
     max_steps: int | None = None     # stop after this many optimizer steps (counted over the whole run)
     checkpoint_every: int = 200      # steps between mid-epoch last.pt saves (0: epoch ends only)
     on_error: str = "raise"
+    check_crc: bool = False          # check each sample's audio against the build's crc32 (LoaderConfig)
     endpoint_url: str | None = None  # sets AWS_ENDPOINT_URL
     resume: bool = False
     log_batches: bool = False        # RUN_DIR/steps.jsonl: the track ids of every step
@@ -132,6 +131,8 @@ class TrainResult:
             return f"interrupted at step {self.steps}: {self.run_dir / 'last.pt'} saved; rerun with --resume"
         best = (f", best val track acc (vote) {self.best_val_track_acc:.4f} at epoch {self.best_epoch} "
                 f"-> {self.run_dir / 'best.pt'}") if self.best_val_track_acc is not None else ""
+        if self.best_val_track_acc is None and self.last is not None and not self.last["val_tracks"]:
+            best = ", no validation tracks: no accuracy, no best.pt"
         return f"done: {self.epochs} epochs, {self.steps} steps in {self.seconds:.1f} s{best}"
 
 
@@ -168,18 +169,21 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
     window = config.window_spec(spec.sample_rate)
     check_clip_length(spec, window)
     run_dir = Path(config.out)
-    state = prepare_run_dir(config, run_dir, vocabulary, main)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
     # train): drop incomplete batches then (other tracks fill them in the next epoch's shuffle).
     loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=True, seed=config.seed,
                                             shuffle_buffer=config.shuffle_buffer, num_workers=config.workers,
                                             equal_ranks=True, drop_last=config.windows == 1,
-                                            on_error=config.on_error, read_threads=config.read_threads))
+                                            on_error=config.on_error, read_threads=config.read_threads,
+                                            check_crc=config.check_crc))
     val_loader = ShardLoader(val_spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
                                                     num_workers=config.workers, on_error=config.on_error,
+                                                    check_crc=config.check_crc,
                                                     read_threads=config.read_threads))
     bn_loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                               on_error=config.on_error))
+                                               on_error=config.on_error, check_crc=config.check_crc))
+    check_before_writing(config, loader, window, device, dist.world_size)
+    state = prepare_run_dir(config, run_dir, vocabulary, main)
     # ---- model, optimizer, precision
     torch.manual_seed(config.seed)
     raw_model = build_model(config.model, len(vocabulary), window.window).to(device)
@@ -237,6 +241,9 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
                                   start_index=batches_done)
             progress.start_epoch(epoch, config.epochs, num_batches, batches_done)
             for batch in feeder:
+                if not batch.num_tracks:  # all its tracks were skipped (on_error=skip): nothing to learn
+                    batches_done += 1
+                    continue
                 with compile_guard(config.compile and step == first_step):
                     loss, logits = train_step(model, optimizer, scaler, ctx, batch.windows, batch.labels)
                 totals.add(logits, batch.labels, batch.num_tracks, loss)
@@ -268,6 +275,7 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
             val_started = time.perf_counter()
             recalibrate_batchnorm(eval_model, bn_loader, device, window, config.precise_bn, ctx)
             broadcast_buffers(eval_model)
+            val_loader.label = f"validation after epoch {epoch + 1}"
             val = evaluate(eval_model, val_loader, device, window, ctx, len(vocabulary))
             record = {"epoch": epoch + 1, "step": step, "complete": complete,
                       "train_loss": trained.loss, "train_window_acc": trained.window_acc,
@@ -278,7 +286,8 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
                       "val_seconds": time.perf_counter() - val_started, "skipped": skipped + val.skipped,
                       "steps_per_rank": steps_per_rank, "world_size": dist.world_size}
             history.append(record)
-            improved = best is None or val.track_acc_vote > best["val_track_acc_vote"]
+            improved = val.track_acc_vote is not None and (best is None or
+                                                            val.track_acc_vote > best["val_track_acc_vote"])
             if improved:
                 best = {"val_track_acc_vote": val.track_acc_vote, "epoch": epoch + 1, "step": step}
             if complete:
@@ -300,94 +309,26 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
 
 def format_record(r: dict, epochs: int) -> str:
     part = "" if r["complete"] else " (partial)"
-    return (f"epoch {r['epoch']}/{epochs}{part} step {r['step']} | train loss {r['train_loss']:.4f} "
-            f"acc {r['train_window_acc']:.3f} | val loss {r['val_loss']:.4f} acc {r['val_window_acc']:.3f} "
-            f"track vote {r['val_track_acc_vote']:.3f} mean {r['val_track_acc_mean']:.3f} | "
+    return (f"epoch {r['epoch']}/{epochs}{part} step {r['step']} | train loss {fmt(r['train_loss'], 4)} "
+            f"acc {fmt(r['train_window_acc'])} | val loss {fmt(r['val_loss'], 4)} acc {fmt(r['val_window_acc'])} "
+            f"track vote {fmt(r['val_track_acc_vote'])} mean {fmt(r['val_track_acc_mean'])} | "
             f"{r['windows_per_s']:.1f} windows/s {r['tracks_per_s']:.2f} tracks/s | {r['seconds']:.1f} s"
             + (f" | {r['skipped']} skipped" if r["skipped"] else ""))
 
 
-# ------------------------------------------------------------------------------------- guards and display
-@contextmanager
-def compile_guard(active: bool):
-    """torch.compile compiles lazily, at the first step: turn a failure there into one line."""
-    if not active:
-        yield
-        return
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - dynamo/inductor raise many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"--compile: torch.compile failed on this machine ({type(exc).__name__}: {first}); "
-                        "run without --compile") from None
-
-
-class _StopFlag:
-    requested = False
-
-
-@contextmanager
-def stop_signals():
-    """SIGTERM / Ctrl-C ask the loop to stop after the current step (it then saves last.pt); a second
-    signal stops at once.  Only in the main thread (signal handlers cannot be set elsewhere)."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested = True
-        log.warning("signal %d: stopping after this step (again to stop now)", signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-class Progress:
-    """A rich bar per epoch (terminal only, rank 0) and one plain line per epoch, readable in logs."""
-
-    def __init__(self, config: TrainConfig, main: bool):
-        self.verbose = config.verbose and main
-        show = config.progress
-        if show is None:
-            show = sys.stdout.isatty() and not os.environ.get("CI")
-        self.bar = None
-        if show and main:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
-            self.bar = Bar(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                           TimeElapsedColumn(), transient=True)
-
-    def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
-        self.windows = self.tracks = self.steps = 0
-        self.started = time.perf_counter()
-        if self.bar is not None:
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=done, epoch=f"{epoch + 1}/{epochs}",
-                                          loss="-", speed="")
-
-    def advance(self, loss: torch.Tensor, windows: int, tracks: int) -> None:
-        if self.bar is None:
-            return
-        self.windows, self.tracks, self.steps = self.windows + windows, self.tracks + tracks, self.steps + 1
-        fields = {}
-        if self.steps % 5 == 1:  # reading the loss waits for the device: not every step
-            elapsed = time.perf_counter() - self.started
-            fields = {"loss": f"{loss.item():.4f}",
-                      "speed": f"{self.windows / elapsed:.1f} windows/s {self.tracks / elapsed:.2f} tracks/s"}
-        self.bar.update(self.task, advance=1, **fields)
-
-    def end_epoch(self) -> None:
-        if self.bar is not None:
-            self.bar.remove_task(self.task)
-            self.bar.stop()
-
-    def line(self, text: str) -> None:
-        if self.verbose:
-            print(text, flush=True)
+def check_before_writing(config: TrainConfig, loader: ShardLoader, window: WindowSpec, device, world: int) -> None:
+    """What would stop the run later stops it now, before RUN_DIR is touched: a training split that
+    gives no step, batch buffers that cannot fit in memory, a RUN_DIR that cannot be written."""
+    if len(loader) == 0:
+        n, workers = loader.spec.num_samples, config.workers
+        per_rank = f" ({n // world} per rank)" if world > 1 else ""
+        over = f" over --workers {workers}" if workers > 1 else ""
+        dropped = " (with --windows 1 incomplete batches are dropped)" if loader.config.drop_last else ""
+        raise UserError(f"{config.shards}: no training step can be taken: the training split's {n} tracks"
+                        f"{per_rank} make no full batch of --batch-size {config.batch_size}{over}{dropped}; "
+                        f"lower --batch-size{' or --workers' if over else ''}"
+                        + (" or use --windows 2 or more" if dropped else ""))
+    rows = min(config.batch_size, loader.spec.num_samples)
+    windows = 2 * rows * window.count * window.window * 4 if device.type == "cpu" else 0  # float32, recycled
+    check_memory(loader.spec, loader.config, world, extra=windows)
+    writable_folder(config.out, "--out")

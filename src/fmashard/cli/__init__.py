@@ -8,6 +8,11 @@ import typer
 
 from fmashard.errors import UserError
 
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover - older typer, on click itself
+    from click import exceptions as _click
+
 app = typer.Typer(
     help="fmashard: FMA audio -> WebDataset shards -> GPU training that never waits for data.",
     no_args_is_help=True,
@@ -29,7 +34,23 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app()
+        code = app(standalone_mode=False)   # parse errors come here, to end in one `error:` line
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except _click.NoArgsIsHelpError:
+        sys.exit(0)  # the help is printed already (typer prints it while making the error)
+    except _click.UsageError as exc:
+        if exc.ctx is not None:
+            print(exc.ctx.get_usage(), file=sys.stderr)
+            print(f"Try '{exc.ctx.command_path} --help' for help.", file=sys.stderr)
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except _click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(code, int) and code:   # typer.Exit(n) from a command, 130 after Ctrl-C
+        sys.exit(code)

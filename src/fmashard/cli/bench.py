@@ -19,7 +19,8 @@ def bench_command(
     naive: Optional[str] = typer.Option(None, "--naive", help="A `--layout files` build (the naive .pt loader)."),
     fma_dir: Optional[str] = typer.Option(None, "--fma-dir", help="FMA folder, for the naive-mp3 loader."),
     loaders: str = typer.Option("naive-mp3,naive,wds-host,wds,raw", "--loaders",
-                                help="Comma list of: raw, wds-host, wds, dali, naive, naive-mp3."),
+                                help="Comma list of: raw, wds-host, wds-host-crc (wds-host + check_crc), wds, dali, "
+                                     "naive, naive-mp3."),
     workers: str = typer.Option("0", "--workers", help="Comma list of DataLoader worker counts."),
     batch_size: int = typer.Option(8, "--batch-size", help="Tracks per batch."),
     rounds: int = typer.Option(5, "--rounds", help="Timed rounds after one warm-up round."),
@@ -54,5 +55,4 @@ def bench_command(
         write_json(report, json_out)
         typer.echo(f"wrote {json_out}")
     if plot_out:
-        plot(report, plot_out)
-        typer.echo(f"wrote {plot_out}")
+        typer.echo(f"wrote {plot(report, plot_out)}")

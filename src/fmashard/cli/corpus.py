@@ -13,7 +13,7 @@ from fmashard.cli import app
 def demo_data(
     out_dir: Path = typer.Argument(..., help="New or empty folder for the corpus."),
     genres: int = typer.Option(8, help="Number of FMA genres, 1..8."),
-    tracks_per_genre: int = typer.Option(20, help="Tracks per genre (>= 10), split 80/10/10."),
+    tracks_per_genre: int = typer.Option(20, help="Tracks per genre (10..1000), split 80/10/10."),
     seed: int = typer.Option(0, help="Same seed, byte-identical corpus."),
 ) -> None:
     """Write a small synthetic corpus in FMA's layout (tracks.csv, genres.csv, fma_small/*.mp3)."""

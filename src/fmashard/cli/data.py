@@ -27,7 +27,11 @@ def build(
     config = BuildConfig(fma_dir=fma_dir, out=out, subset=subset, workers=workers, shard_size=shard_size,
                          codec=codec, clip_seconds=clip_seconds, sample_rate=sample_rate, min_seconds=min_seconds,
                          seed=seed, layout=layout, overwrite=overwrite)
-    report = build_shards(config, progress=True)
+    try:
+        report = build_shards(config, progress=True)
+    except KeyboardInterrupt:  # finished shards are journaled: the same command resumes from them
+        typer.echo("interrupted: re-run the same command to continue", err=True)
+        raise typer.Exit(130) from None
     print(report.summary())
 
 

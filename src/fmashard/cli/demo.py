@@ -1,6 +1,7 @@
 """`fmashard demo`: corpus -> build -> train -> bench, on the CPU, in minutes."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from typing import Optional
 
@@ -21,6 +22,8 @@ def demo_command(
     """Make an FMA-format corpus, build shards, train a small model with --amp, bench against naive."""
     from fmashard.demo import DemoConfig, run_demo
 
-    folder = out_dir or tempfile.mkdtemp(prefix="fmashard-demo-")
-    run_demo(DemoConfig(out_dir=folder, genres=genres, tracks_per_genre=tracks_per_genre, epochs=epochs,
-                        model=model, seed=seed), echo=typer.echo)
+    config = DemoConfig(out_dir=out_dir or "", genres=genres, tracks_per_genre=tracks_per_genre, epochs=epochs,
+                        model=model, seed=seed)  # every option checked before any work
+    if not out_dir:
+        config = dataclasses.replace(config, out_dir=tempfile.mkdtemp(prefix="fmashard-demo-"))
+    run_demo(config, echo=typer.echo)

@@ -35,6 +35,8 @@ def train(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (whole run)."),
     checkpoint_every: int = typer.Option(200, help="Steps between mid-epoch last.pt saves (0: epoch ends only)."),
     on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
+    check_crc: bool = typer.Option(False, "--check-crc", help="Check each sample's audio against the crc32 the "
+                                   "build recorded (untrusted or flaky storage); a mismatch is a corrupt sample."),
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     log_batches: bool = typer.Option(False, "--log-batches", help="Write RUN_DIR/steps.jsonl (track ids per step)."),
@@ -49,7 +51,8 @@ def train(
                          random_crop=random_crop,
                          compile=compile, seed=seed, window_seconds=window_seconds, windows=windows,
                          overlap=overlap, shuffle_buffer=shuffle_buffer, precise_bn=precise_bn, max_steps=max_steps,
-                         checkpoint_every=checkpoint_every, on_error=on_error, endpoint_url=endpoint_url,
+                         checkpoint_every=checkpoint_every, on_error=on_error, check_crc=check_crc,
+                         endpoint_url=endpoint_url,
                          resume=resume, log_batches=log_batches)
     result = run_training(config)  # prints one line per epoch and the summary (rank 0)
     if result.interrupted:
@@ -68,6 +71,8 @@ def evaluate(
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: as trained)."),
     on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
+    check_crc: bool = typer.Option(False, "--check-crc", help="Check each sample's audio against the crc32 the "
+                                   "build recorded (untrusted or flaky storage); a mismatch is a corrupt sample."),
     endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
 ) -> None:
     """Loss, window accuracy, track accuracy (majority vote, mean logits) and a confusion matrix (JSON, PNG)."""
@@ -76,7 +81,8 @@ def evaluate(
     from fmashard.evaluate import EvaluateConfig, evaluate_checkpoint
 
     config = EvaluateConfig(checkpoint=checkpoint, shards=shards, split=split, out=out, batch_size=batch_size,
-                            device=device, workers=workers, amp=amp, on_error=on_error, endpoint_url=endpoint_url)
+                            device=device, workers=workers, amp=amp, on_error=on_error, check_crc=check_crc,
+                            endpoint_url=endpoint_url)
     report = evaluate_checkpoint(config)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(report.summary())

@@ -1,0 +1,99 @@
+"""The training loop's guards and display: a one-line torch.compile failure, SIGTERM/Ctrl-C asking the
+loop to stop after the current step, and the progress bar with one plain line per epoch."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import torch
+
+from fmashard.errors import UserError, log
+
+
+@contextmanager
+def compile_guard(active: bool):
+    """torch.compile compiles lazily, at the first step: turn a failure there into one line."""
+    if not active:
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - dynamo/inductor raise many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"--compile: torch.compile failed on this machine ({type(exc).__name__}: {first}); "
+                        "run without --compile") from None
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextmanager
+def stop_signals():
+    """SIGTERM / Ctrl-C ask the loop to stop after the current step (it then saves last.pt); a second
+    signal stops at once.  Only in the main thread (signal handlers cannot be set elsewhere)."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+        log.warning("signal %d: stopping after this step (again to stop now)", signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Progress:
+    """A rich bar per epoch (terminal only, rank 0) and one plain line per epoch, readable in logs."""
+
+    def __init__(self, config, main: bool):  # a TrainConfig
+        self.verbose = config.verbose and main
+        show = config.progress
+        if show is None:
+            show = sys.stdout.isatty() and not os.environ.get("CI")
+        self.bar = None
+        if show and main:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+            self.bar = Bar(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                           TimeElapsedColumn(), transient=True)
+
+    def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
+        self.windows = self.tracks = self.steps = 0
+        self.started = time.perf_counter()
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=done, epoch=f"{epoch + 1}/{epochs}",
+                                          loss="-", speed="")
+
+    def advance(self, loss: torch.Tensor, windows: int, tracks: int) -> None:
+        if self.bar is None:
+            return
+        self.windows, self.tracks, self.steps = self.windows + windows, self.tracks + tracks, self.steps + 1
+        fields = {}
+        if self.steps % 5 == 1:  # reading the loss waits for the device: not every step
+            elapsed = time.perf_counter() - self.started
+            fields = {"loss": f"{loss.item():.4f}",
+                      "speed": f"{self.windows / elapsed:.1f} windows/s {self.tracks / elapsed:.2f} tracks/s"}
+        self.bar.update(self.task, advance=1, **fields)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.remove_task(self.task)
+            self.bar.stop()
+
+    def line(self, text: str) -> None:
+        if self.verbose:
+            print(text, flush=True)

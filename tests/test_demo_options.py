@@ -1,0 +1,36 @@
+"""`fmashard demo` checks every option before it makes a corpus, builds or trains."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--epochs", "0"], "epochs: must be >= 1, got 0"),
+    (["--model", "nope"], "model: unknown model 'nope'"),
+    (["--tracks-per-genre", "100000000000000000000"], "tracks_per_genre must be at most 1000"),
+    (["--genres", "0"], "genres must be between 1 and 8"),
+])
+def test_bad_options_are_refused_before_any_work(args, expected, tmp_path):
+    out = tmp_path / "demo"
+    try:  # the real command line; on a bad option it must stop at once, long before a corpus is made
+        result = subprocess.run([sys.executable, "-m", "fmashard", "demo", str(out), *args], capture_output=True,
+                                text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`fmashard demo {' '.join(args)}` started working instead of refusing the option")
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_demo_config_validates_on_construction():
+    from fmashard.demo import DemoConfig
+    from fmashard.errors import UserError
+
+    with pytest.raises(UserError, match="epochs"):
+        DemoConfig(out_dir="x", epochs=0)
+    with pytest.raises(UserError, match="model"):
+        DemoConfig(out_dir="x", model="nope")

@@ -1,0 +1,102 @@
+"""fmashard.sources and the other manifest readers: unknown format versions, wrong fields, JSON errors with
+their position, shard paths that leave the manifest's folder, unsupported URL schemes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from fmashard.errors import UserError
+from fmashard.sources import load_manifest, resolve_source, spec_from_manifest
+
+SHARD = {"path": "training/training-000000.tar", "index": "training/training-000000.idx", "num_samples": 2,
+         "num_bytes": 2 * 1325568 + 1024, "sha256": "0" * 64}
+MANIFEST = {"format": "fmashard", "format_version": 1, "layout": "shards", "codec": "pcm16", "dtype": "int16",
+            "sample_rate": 22050, "clip_samples": 661500, "sample_bytes": 1323000, "record_bytes": 1325568,
+            "vocabulary": ["Folk", "Rock"],
+            "splits": {"training": {"num_samples": 2, "num_bytes": SHARD["num_bytes"], "shards": [SHARD]}}}
+
+
+def write_manifest(folder, **changes) -> str:
+    manifest = {**copy.deepcopy(MANIFEST), **changes}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return str(folder / "manifest.json")
+
+
+def with_shard_path(path: str) -> dict:
+    manifest = copy.deepcopy(MANIFEST)
+    manifest["splits"]["training"]["shards"][0]["path"] = path
+    return manifest
+
+
+def test_a_good_manifest_is_read(tmp_path):
+    url = write_manifest(tmp_path)
+    assert spec_from_manifest(url, "training").shards[0].url == str(tmp_path / SHARD["path"])
+
+
+@pytest.mark.parametrize("version", [99, 0, "1", None, True])
+def test_unknown_format_version_is_refused(version, tmp_path):
+    url = write_manifest(tmp_path, format_version=version)
+    for read in (lambda: load_manifest(url), lambda: resolve_source(tmp_path), lambda: resolve_source(url)):
+        with pytest.raises(UserError, match="format_version") as exc:
+            read()
+        assert url in str(exc.value) and repr(version) in str(exc.value)
+
+
+def test_the_naive_loader_refuses_an_unknown_format_version(tmp_path):
+    from fmashard.naive import load_files_manifest
+
+    url = write_manifest(tmp_path, format_version=99, layout="files",
+                         splits={"training": {"num_samples": 0, "num_bytes": 0, "files": []}})
+    with pytest.raises(UserError, match=r"format_version 99") as exc:
+        load_files_manifest(str(tmp_path))
+    assert url in str(exc.value)
+
+
+def test_train_refuses_an_unknown_format_version(tmp_path, cli_error):
+    url = write_manifest(tmp_path / "shards", format_version=99)
+    message = cli_error("train", "--shards", url, "--out", tmp_path / "run")
+    assert url in message and "format_version 99" in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"format": "webdataset"}, "format is 'webdataset', expected 'fmashard'"),
+    ({"format": None}, "no format field"),
+    ({"splits": None}, "no splits field"),
+    ({"splits": ["training"]}, "splits is a list, expected an object"),
+])
+def test_the_wrong_field_is_named(changes, expected, tmp_path):
+    manifest = {**MANIFEST, **changes}
+    (tmp_path / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if v is not None}))
+    with pytest.raises(UserError) as exc:
+        load_manifest(str(tmp_path / "manifest.json"))
+    assert expected in str(exc.value) and "format/splits" not in str(exc.value)
+
+
+def test_json_errors_keep_line_and_column(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": "fmash\nard"}')
+    with pytest.raises(UserError, match=r"Invalid control character at: line 1 column 18 \(char 17\)"):
+        load_manifest(str(tmp_path / "manifest.json"))
+
+
+@pytest.mark.parametrize("path", ["../other/x.tar", "training/../../x.tar", "/etc/passwd", "file:///etc/passwd",
+                                  "http://elsewhere.example/x.tar", "s3://other-bucket/x.tar", "pipe:cat /etc/passwd",
+                                  "", "C:\\x.tar"])
+@pytest.mark.parametrize("base", ["LOCAL", "s3://bucket/prefix", "https://host.example/prefix"])
+def test_shard_paths_must_stay_inside_the_manifests_folder(path, base, tmp_path):
+    url = write_manifest(tmp_path) if base == "LOCAL" else f"{base}/manifest.json"
+    with pytest.raises(UserError, match="outside") as exc:
+        spec_from_manifest(url, "training", with_shard_path(path))
+    assert url in str(exc.value) and repr(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/x", "ftp://host/x", "gs://bucket/x/manifest.json"])
+def test_unsupported_url_schemes_are_named(url):
+    scheme = url.split(":")[0]
+    with pytest.raises(UserError) as exc:
+        resolve_source(url)
+    assert str(exc.value) == (f"{url}: unsupported URL scheme {scheme!r} "
+                              "(supported: local paths, file://, http(s)://, s3://)")
