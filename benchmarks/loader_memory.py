@@ -32,12 +32,12 @@ def main() -> None:
 
     import torch
 
-    from fmashard import recycle
-    from fmashard.bench_report import environment
-    from fmashard.device import DeviceFeeder
-    from fmashard.loader import LoaderConfig, ShardLoader
-    from fmashard.sources import resolve_source
-    from fmashard.windows import WindowSpec
+    from fmashard.data import recycle
+    from fmashard.bench.report import environment
+    from fmashard.data.device import DeviceFeeder
+    from fmashard.data.loader import LoaderConfig, ShardLoader
+    from fmashard.data.sources import resolve_source
+    from fmashard.data.windows import WindowSpec
 
     proc, peak, stop = psutil.Process(), [0], threading.Event()
 

@@ -34,7 +34,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks"), str(REPO / "src")
 from s3_server import S3Server, weed_binary, write_files_layout  # noqa: E402
 from synth_shards import VOCAB, write_synthetic_shards  # noqa: E402
 
-from fmashard.bench_report import commit as git_commit  # noqa: E402
+from fmashard.bench.report import commit as git_commit  # noqa: E402
 
 CLIP_SAMPLES = 661_500   # 30 s at 22,050 Hz
 LOADERS = ("shards", "naive", "raw")
@@ -47,14 +47,14 @@ def make_data(root: Path, tracks: int, per_shard: int) -> None:
 
 
 def shard_pass(spec, batch_size: int) -> int:
-    from fmashard.loader import LoaderConfig, ShardLoader
+    from fmashard.data.loader import LoaderConfig, ShardLoader
 
     loader = ShardLoader(spec, LoaderConfig(batch_size=batch_size, num_workers=0, seed=0))
     return sum(len(batch) for batch in loader)
 
 
 def naive_pass(dataset, batch_size: int) -> int:
-    from fmashard.naive import naive_loader
+    from fmashard.bench.naive import naive_loader
 
     return sum(len(labels) for _, labels in naive_loader(dataset, batch_size=batch_size, num_workers=0))
 
@@ -135,8 +135,8 @@ def main() -> None:
     import torch
 
     from fmashard import storage
-    from fmashard.naive import NaiveFileDataset
-    from fmashard.sources import resolve_source
+    from fmashard.bench.naive import NaiveFileDataset
+    from fmashard.data.sources import resolve_source
 
     torch.set_num_threads(args.threads)
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from fmashard.bench_report import commit as git_commit
+from fmashard.bench.report import commit as git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,12 +75,12 @@ def endless(loader):
 def measure(model_name: str, precision: str, spec, args, device) -> dict:
     import torch
 
-    from fmashard.device import DeviceFeeder
-    from fmashard.evaluate import autocast_context
-    from fmashard.loader import LoaderConfig, ShardLoader
+    from fmashard.data.device import DeviceFeeder
+    from fmashard.train.evaluate import autocast_context
+    from fmashard.data.loader import LoaderConfig, ShardLoader
     from fmashard.models import build_model
-    from fmashard.train import train_step
-    from fmashard.windows import WindowSpec
+    from fmashard.train.loop import train_step
+    from fmashard.data.windows import WindowSpec
 
     window = round(args.window_seconds * spec.sample_rate)
     while True:  # raise the window to the model's minimum (0.1-s steps)
@@ -161,8 +161,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
     args = parser.parse_args()
 
-    from fmashard.device import resolve_device
-    from fmashard.sources import resolve_source
+    from fmashard.data.device import resolve_device
+    from fmashard.data.sources import resolve_source
 
     started, load_at_start = time.perf_counter(), os.getloadavg()
     args.work_dir.mkdir(parents=True, exist_ok=True)

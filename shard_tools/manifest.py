@@ -5,7 +5,7 @@ import json
 
 from fmashard import storage
 from fmashard.errors import NotFoundError, UserError
-from fmashard.sources import MANIFEST_NAME, manifest_problem
+from fmashard.data.sources import MANIFEST_NAME, manifest_problem
 from shard_tools.build_output import BUILD_FILE
 
 FORMAT = "fmashard"

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from fmashard import storage
 from fmashard.errors import StorageError
-from fmashard.sources import is_inside, listed_paths
+from fmashard.data.sources import is_inside, listed_paths
 from shard_tools.build_output import JOURNAL_DIR
 from shard_tools.dali_index import format_index, group_members
 from shard_tools.manifest import ManifestProblem, read_manifest

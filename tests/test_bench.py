@@ -66,7 +66,7 @@ def test_bench_refuses_unknown_loaders_in_one_line(builds):
 
 
 def test_a_measurement_repeats_a_short_pass_and_averages_it():
-    from fmashard.bench import Run, measure
+    from fmashard.bench.runner import Run, measure
 
     calls = []
 

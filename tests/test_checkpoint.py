@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.checkpoint import (load_checkpoint, read_jsonl, rng_state, save_checkpoint, set_rng_state,
+from fmashard.train.checkpoint import (load_checkpoint, read_jsonl, rng_state, save_checkpoint, set_rng_state,
                                  truncate_jsonl)
 from fmashard.errors import UserError
-from fmashard.train import TrainConfig, train
+from fmashard.train.loop import TrainConfig, train
 from synth_shards import write_synthetic_shards
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from fmashard.errors import CorruptSampleError, UserError
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.sources import resolve_source
-from fmashard.tarstream import PREAMBLE
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.sources import resolve_source
+from fmashard.data.tarstream import PREAMBLE
 from http_server import FolderServer
 from synth_shards import write_synthetic_shards
 from test_checkpoint import write_run_shards
@@ -101,9 +101,9 @@ def make_checkpoint(path: Path, shards: Path) -> Path:
 
     import torch
 
-    from fmashard.checkpoint import save_checkpoint
+    from fmashard.train.checkpoint import save_checkpoint
     from fmashard.models import build_model
-    from fmashard.windows import WindowSpec
+    from fmashard.data.windows import WindowSpec
 
     vocabulary = json.loads((shards / "manifest.json").read_text())["vocabulary"]
     window = WindowSpec(window=2205, count=2, overlap=0.25)
@@ -131,7 +131,7 @@ def test_cli_check_crc_stops_evaluate_and_train_in_one_line(tmp_path, cli_error)
 
 
 def test_bench_runs_the_host_path_with_and_without_the_check_side_by_side(corrupt):
-    from fmashard.bench import BenchConfig, run_bench
+    from fmashard.bench.runner import BenchConfig, run_bench
 
     root, truth, key = corrupt
     with pytest.raises(CorruptSampleError, match=f"key {key}"):      # the -crc variant does check

@@ -12,12 +12,12 @@ import torch
 pytest.importorskip("nvidia.dali", reason="nvidia-dali (extra 'dali') is not installed")
 
 from fmashard import dali_loader  # noqa: E402
-from fmashard.dali_loader import DaliLoader  # noqa: E402
-from fmashard.device import DeviceFeeder  # noqa: E402
+from fmashard.data.dali import DaliLoader  # noqa: E402
+from fmashard.data.device import DeviceFeeder  # noqa: E402
 from fmashard.errors import UserError  # noqa: E402
-from fmashard.loader import LoaderConfig, ShardLoader  # noqa: E402
-from fmashard.sources import resolve_source  # noqa: E402
-from fmashard.windows import WindowSpec, make_windows  # noqa: E402
+from fmashard.data.loader import LoaderConfig, ShardLoader  # noqa: E402
+from fmashard.data.sources import resolve_source  # noqa: E402
+from fmashard.data.windows import WindowSpec, make_windows  # noqa: E402
 from shard_tools.tar_writer import ShardWriter, record_bytes  # noqa: E402
 
 pytestmark = pytest.mark.dali

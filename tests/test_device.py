@@ -2,10 +2,10 @@
 (window buffers are reused only once released), and batch rows are 64-byte aligned."""
 import torch
 
-from fmashard.device import DeviceFeeder
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.sources import resolve_source
-from fmashard.windows import WindowSpec
+from fmashard.data.device import DeviceFeeder
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.sources import resolve_source
+from fmashard.data.windows import WindowSpec
 from synth_shards import write_synthetic_shards
 
 SPEC = WindowSpec(window=1000, overlap=0.5, count=3)   # hop 500, span 2000

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.checkpoint import save_checkpoint
-from fmashard.evaluate import EvaluateConfig, MetricTotals, evaluate_checkpoint, recalibrate_batchnorm
-from fmashard.loader import LoaderConfig, ShardLoader
+from fmashard.train.checkpoint import save_checkpoint
+from fmashard.train.evaluate import EvaluateConfig, MetricTotals, evaluate_checkpoint, recalibrate_batchnorm
+from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.models import build_model
-from fmashard.sources import resolve_source
-from fmashard.windows import WindowSpec
+from fmashard.data.sources import resolve_source
+from fmashard.data.windows import WindowSpec
 from test_checkpoint import write_run_shards
 
 

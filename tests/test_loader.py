@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fmashard.errors import DataError, TruncatedShardError
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.sources import resolve_source
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.sources import resolve_source
 from synth_shards import write_synthetic_shards
 
 COUNTS = [7, 3, 9, 1, 6, 5]   # uneven, so ranges start and end mid-shard
@@ -187,7 +187,7 @@ def test_pipe_urls_need_allow_pipe(shards):
 
 
 def test_buffers_are_allocated_once_and_reused_in_every_later_epoch(shards):
-    from fmashard import recycle
+    from fmashard.data import recycle
 
     recycle.clear()
     loader = ShardLoader(resolve_source(shards[0]), LoaderConfig(batch_size=2, shuffle_buffer=6))

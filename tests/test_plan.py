@@ -3,8 +3,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fmashard.plan import PlanConfig, make_batch_plan, round_robin, segments_for, shard_order, worker_plan
-from fmashard.sources import DatasetSpec, ShardInfo
+from fmashard.data.plan import PlanConfig, make_batch_plan, round_robin, segments_for, shard_order, worker_plan
+from fmashard.data.sources import DatasetSpec, ShardInfo
 
 
 def spec_with(counts):

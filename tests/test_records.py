@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from fmashard.errors import DataError
-from fmashard.records import LocalShard, ParallelReads
-from fmashard.sources import resolve_source
-from fmashard.tarstream import PREAMBLE
+from fmashard.data.records import LocalShard, ParallelReads
+from fmashard.data.sources import resolve_source
+from fmashard.data.tarstream import PREAMBLE
 from synth_shards import write_synthetic_shards
 
 CLIP = 1001   # odd sample count: every record has tar padding after its audio

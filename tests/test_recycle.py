@@ -1,7 +1,7 @@
 """The CPU buffer cache hands a tensor back only once nothing references its storage."""
 import torch
 
-from fmashard import recycle
+from fmashard.data import recycle
 
 
 def test_a_released_buffer_is_reused_and_a_held_one_is_not():

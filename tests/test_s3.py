@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.naive import NaiveFileDataset, naive_loader
-from fmashard.sources import resolve_source
-from fmashard.windows import WindowSpec
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.bench.naive import NaiveFileDataset, naive_loader
+from fmashard.data.sources import resolve_source
+from fmashard.data.windows import WindowSpec
 from s3_server import release_shared_server, shared_server, weed_binary, write_files_layout
 from synth_shards import VOCAB, write_synthetic_shards
 

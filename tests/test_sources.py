@@ -1,4 +1,4 @@
-"""fmashard.sources and the other manifest readers: unknown format versions, wrong fields, JSON errors with
+"""fmashard.data.sources and the other manifest readers: unknown format versions, wrong fields, JSON errors with
 their position, shard paths that leave the manifest's folder, unsupported URL schemes."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fmashard.errors import UserError
-from fmashard.sources import load_manifest, resolve_source, spec_from_manifest
+from fmashard.data.sources import load_manifest, resolve_source, spec_from_manifest
 
 SHARD = {"path": "training/training-000000.tar", "index": "training/training-000000.idx", "num_samples": 2,
          "num_bytes": 2 * 1325568 + 1024, "sha256": "0" * 64}
@@ -46,7 +46,7 @@ def test_unknown_format_version_is_refused(version, tmp_path):
 
 
 def test_the_naive_loader_refuses_an_unknown_format_version(tmp_path):
-    from fmashard.naive import load_files_manifest
+    from fmashard.bench.naive import load_files_manifest
 
     url = write_manifest(tmp_path, format_version=99, layout="files",
                          splits={"training": {"num_samples": 0, "num_bytes": 0, "files": []}})

@@ -2,8 +2,8 @@ import pytest
 
 from fmashard import storage
 from fmashard.errors import NotFoundError, StorageError
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.sources import resolve_source
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.sources import resolve_source
 from http_server import FolderServer
 from synth_shards import write_synthetic_shards
 
@@ -65,8 +65,8 @@ def test_local_stream_range_and_skip(tmp_path):
 
 def test_pipe_refusal_names_only_a_switch_that_exists(tmp_path):
     from fmashard.errors import UserError
-    from fmashard.loader import LoaderConfig
-    from fmashard.sources import resolve_source
+    from fmashard.data.loader import LoaderConfig
+    from fmashard.data.sources import resolve_source
 
     url = f"pipe:touch {tmp_path / 'ran'}"
     errors = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fmashard.errors import DamagedHeaderError, TruncatedShardError
-from fmashard.tarstream import PREAMBLE, RecordReader, padded
+from fmashard.data.tarstream import PREAMBLE, RecordReader, padded
 from shard_tools.tar_writer import member_header, record_bytes
 from synth_shards import write_synthetic_shards
 

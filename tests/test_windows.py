@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fmashard.windows import WindowSpec, decode, make_windows, normalize_tracks
+from fmashard.data.windows import WindowSpec, decode, make_windows, normalize_tracks
 
 
 def pcm(batch, length, seed=0):

@@ -42,7 +42,7 @@ class DemoConfig:
 
     def train_config(self, shards: str, run_dir: str, training_tracks: int = 8):
         """Batches of 8 tracks, fewer when the training split is smaller (a tiny corpus must still train)."""
-        from fmashard.train import TrainConfig
+        from fmashard.train.loop import TrainConfig
 
         batch_size = max(2, min(8, training_tracks))
         return TrainConfig(shards=shards, out=run_dir, model=self.model, epochs=self.epochs, amp=True,
@@ -82,7 +82,7 @@ def build_both(config: DemoConfig, fma: Path, echo) -> tuple[Path, Path]:
 
 
 def train_small(config: DemoConfig, shards: Path, echo):
-    from fmashard.train import train
+    from fmashard.train.loop import train
 
     run_dir = Path(config.out_dir) / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -92,8 +92,8 @@ def train_small(config: DemoConfig, shards: Path, echo):
 
 
 def bench_short(config: DemoConfig, shards: Path, files: Path, fma: Path, echo) -> dict:
-    from fmashard.bench import BenchConfig, run_bench
-    from fmashard.bench_report import print_table, write_json
+    from fmashard.bench.runner import BenchConfig, run_bench
+    from fmashard.bench.report import print_table, write_json
 
     report = run_bench(BenchConfig(shards=str(shards), naive=str(files), fma_dir=str(fma),
                                    loaders=("naive-mp3", "naive", "wds-host", "wds", "raw"),

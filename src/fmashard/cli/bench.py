@@ -36,8 +36,8 @@ def bench_command(
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL)."),
 ) -> None:
     """Samples/sec of every loader side by side, with the physical limit (raw read) beside them."""
-    from fmashard.bench import BenchConfig, check_same_tracks, run_bench
-    from fmashard.bench_report import plot, print_table, write_json
+    from fmashard.bench.runner import BenchConfig, check_same_tracks, run_bench
+    from fmashard.bench.report import plot, print_table, write_json
 
     if endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url

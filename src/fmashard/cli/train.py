@@ -1,4 +1,4 @@
-"""`fmashard train` and `fmashard evaluate`: thin wrappers over fmashard.train / fmashard.evaluate.
+"""`fmashard train` and `fmashard evaluate`: thin wrappers over fmashard.train / fmashard.train.evaluate.
 
 Under `torchrun --nproc-per-node N -m fmashard train ...` the same command trains with DDP."""
 import os
@@ -44,7 +44,7 @@ def train(
     """Train a waveform genre classifier on the shards: one optimizer step per batch of tracks."""
     if endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    from fmashard.train import TrainConfig, train as run_training
+    from fmashard.train.loop import TrainConfig, train as run_training
 
     config = TrainConfig(shards=shards, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
                          amp_dtype=amp_dtype, device=device, workers=workers, read_threads=read_threads,
@@ -78,7 +78,7 @@ def evaluate(
     """Loss, window accuracy, track accuracy (majority vote, mean logits) and a confusion matrix (JSON, PNG)."""
     if endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    from fmashard.evaluate import EvaluateConfig, evaluate_checkpoint
+    from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint
 
     config = EvaluateConfig(checkpoint=checkpoint, shards=shards, split=split, out=out, batch_size=batch_size,
                             device=device, workers=workers, amp=amp, on_error=on_error, check_crc=check_crc,

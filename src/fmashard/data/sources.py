@@ -189,7 +189,7 @@ def resolve_source(source, split: str = "training", allow_pipe: bool = False) ->
 
 def spec_from_shards(urls: list[str], split: str | None, allow_pipe: bool = False) -> DatasetSpec:
     """No manifest: learn the record layout from the first shard, the counts from object sizes."""
-    from fmashard.tarstream import probe_layout
+    from fmashard.data.tarstream import probe_layout
 
     with storage.open_stream(urls[0], allow_pipe=allow_pipe) as stream:
         record_bytes, clip_samples, codec = probe_layout(stream, urls[0])

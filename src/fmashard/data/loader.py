@@ -1,7 +1,7 @@
 """Samples stage: `ShardLoader` turns a `DatasetSpec` into host batches of raw audio.
 
 Each batch is one `(B, clip_samples)` int16 (or float16) view of a dense buffer with 64-byte rows
-(`fmashard.collate`) — pinned when CUDA is present — with labels and track ids.  No float conversion or windowing happens here: that is the
+(`fmashard.data.collate`) — pinned when CUDA is present — with labels and track ids.  No float conversion or windowing happens here: that is the
 device stage's job.  The loader knows its exact length per epoch, splits work over ranks and
 DataLoader workers, and has `state_dict()` / `load_state_dict()` for exact mid-epoch resume.
 """
@@ -17,12 +17,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
-from fmashard.collate import BatchBuffers, finish_batch
+from fmashard.data.collate import BatchBuffers, finish_batch
 from fmashard.errors import DataError, ErrorPolicy, StorageError, UserError, log
-from fmashard.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.records import LocalShard, ParallelReads, is_local, iter_stream_records, stream_records
-from fmashard.sources import DatasetSpec
-from fmashard.tarstream import PREAMBLE, padded
+from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
+from fmashard.data.records import LocalShard, ParallelReads, is_local, iter_stream_records, stream_records
+from fmashard.data.sources import DatasetSpec
+from fmashard.data.tarstream import PREAMBLE, padded
 
 
 READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)

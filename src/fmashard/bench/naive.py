@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fmashard import storage
 from fmashard.errors import UserError
-from fmashard.windows import WindowSpec
+from fmashard.data.windows import WindowSpec
 
 
 def python_windows(waveform: torch.Tensor, spec: WindowSpec) -> list[torch.Tensor]:
@@ -40,7 +40,7 @@ def one_hot(label: int, num_classes: int) -> torch.Tensor:
 
 
 def load_files_manifest(source: str) -> tuple[dict, str]:
-    from fmashard.sources import load_manifest
+    from fmashard.data.sources import load_manifest
 
     source = storage.check_scheme(str(source))
     url = source if source.endswith(".json") else storage.join_url(source, "manifest.json")

@@ -43,7 +43,7 @@ def loader_bytes(spec, cfg, world: int = 1) -> int:
     """The most host memory the batch buffers of one rank's loader hold at once: every worker's pending
     (shuffle) buffers and the batches queued between the workers and the training step.  Buffers hold
     at most the tracks a worker has, so a batch size above the split's size costs nothing extra."""
-    from fmashard.collate import row_bytes  # noqa: PLC0415
+    from fmashard.data.collate import row_bytes  # noqa: PLC0415
 
     workers = max(1, cfg.num_workers)
     per_worker = _ceil(_ceil(spec.num_samples, world), workers)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from fmashard.device import resolve_device
+from fmashard.data.device import resolve_device
 from fmashard.errors import UserError
 
 

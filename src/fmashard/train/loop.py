@@ -19,18 +19,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fmashard.checkpoint import append_jsonl, prepare_run_dir, rng_state, save_checkpoint, set_rng_state, write_json
-from fmashard.device import DeviceFeeder
-from fmashard.distributed import all_gather_int, all_reduce_sum, any_rank, broadcast_buffers, init_distributed
+from fmashard.train.checkpoint import append_jsonl, prepare_run_dir, rng_state, save_checkpoint, set_rng_state, write_json
+from fmashard.data.device import DeviceFeeder
+from fmashard.train.distributed import all_gather_int, all_reduce_sum, any_rank, broadcast_buffers, init_distributed
 from fmashard.errors import UserError
-from fmashard.evaluate import (AMP_DTYPES, EvalMetrics, EvaluateConfig, MetricTotals, autocast_context,  # noqa: F401
+from fmashard.train.evaluate import (AMP_DTYPES, EvalMetrics, EvaluateConfig, MetricTotals, autocast_context,  # noqa: F401
                                check_clip_length, evaluate, evaluate_checkpoint, fmt, labelled_split,
                                recalibrate_batchnorm)
-from fmashard.loader import LoaderConfig, ShardLoader
+from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.models import MODELS, build_model, count_parameters
-from fmashard.preflight import check_memory, writable_folder
-from fmashard.train_display import Progress, compile_guard, stop_signals
-from fmashard.windows import WindowSpec
+from fmashard.train.preflight import check_memory, writable_folder
+from fmashard.train.display import Progress, compile_guard, stop_signals
+from fmashard.data.windows import WindowSpec
 
 
 class ConfigError(UserError, ValueError):

@@ -6,7 +6,7 @@ with the same shapes, dtypes and values as the torch path (`ShardLoader` -> `Dev
       -> W fixed-hop slices, stacked -> cast to float32, x 1/32768 for pcm16     [inside DALI, .gpu() on GPU]
       -> DALIGenericIterator -> (B, W, L) -> (B*W, 1, L); labels and track ids parsed on the host (B per batch)
 
-Random crops and per-track normalisation run on the DALI output with the `fmashard.windows` torch
+Random crops and per-track normalisation run on the DALI output with the `fmashard.data.windows` torch
 functions, so they stay the same code as the torch path.  DALI shuffles with its own reader (a buffer of
 `initial_fill` samples, shard order reshuffled every epoch); it has no exact resume.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from fmashard import storage
-from fmashard.device import DeviceBatch
+from fmashard.data.device import DeviceBatch
 from fmashard.errors import CorruptSampleError, UserError
-from fmashard.sources import DatasetSpec
-from fmashard.windows import PCM16_SCALE, WindowSpec, make_windows, normalize_tracks
+from fmashard.data.sources import DatasetSpec
+from fmashard.data.windows import PCM16_SCALE, WindowSpec, make_windows, normalize_tracks
 
 READER_NAME = "Reader"
 SHUFFLE_BUFFER = 1024
@@ -148,7 +148,7 @@ class DaliLoader:
             info = fn.pad(fn.get_property(audio, key="source_info"), fill_value=0)
             if self.gpu:
                 audio = audio.gpu()
-            if ws.random_crop:  # whole clip out; the crops are drawn by fmashard.windows
+            if ws.random_crop:  # whole clip out; the crops are drawn by fmashard.data.windows
                 clips = audio
             else:  # (W, L): W fixed-hop slices of the raw samples
                 clips = fn.stack(*[audio[k * ws.hop: k * ws.hop + ws.window] for k in range(ws.count)])

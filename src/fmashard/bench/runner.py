@@ -26,7 +26,7 @@ import psutil
 import torch
 
 from fmashard.errors import UserError
-from fmashard.windows import WindowSpec
+from fmashard.data.windows import WindowSpec
 
 LOADERS = ("raw", "wds-host", "wds-host-crc", "wds", "dali", "naive", "naive-mp3")
 
@@ -195,8 +195,8 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def run_bench(config: BenchConfig, log=print) -> dict:
-    from fmashard.bench_loaders import make_runners
-    from fmashard.bench_report import environment
+    from fmashard.bench.loaders import make_runners
+    from fmashard.bench.report import environment
 
     runners = make_runners(config)
     results = {key: LoaderResult(*key) for key in runners}
@@ -212,7 +212,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     report = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
               "environment": environment(), "results": rows}
     if config.with_model:
-        from fmashard.bench_model import model_throughput
+        from fmashard.bench.model import model_throughput
 
         report["model"] = model_throughput(config)
     return report

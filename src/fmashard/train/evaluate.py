@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fmashard.checkpoint import load_checkpoint, write_json
-from fmashard.device import DeviceFeeder
-from fmashard.distributed import all_reduce_sum, init_distributed
+from fmashard.train.checkpoint import load_checkpoint, write_json
+from fmashard.data.device import DeviceFeeder
+from fmashard.train.distributed import all_reduce_sum, init_distributed
 from fmashard.errors import UserError, log
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.preflight import check_memory, writable_folder
-from fmashard.sources import DatasetSpec, resolve_source
-from fmashard.windows import WindowSpec
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.train.preflight import check_memory, writable_folder
+from fmashard.data.sources import DatasetSpec, resolve_source
+from fmashard.data.windows import WindowSpec
 
 AMP_DTYPES = ("auto", "bf16", "fp16")
 
@@ -258,7 +258,7 @@ class EvalReport:
 def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
     """Load a checkpoint (its model, window and vocabulary) and evaluate it on a split of `config.shards`;
     rank 0 writes eval_<split>.json, confusion_<split>.json and confusion_<split>.png into `config.out`."""
-    from fmashard.models import build_model  # noqa: PLC0415 - keeps `import fmashard.evaluate` light
+    from fmashard.models import build_model  # noqa: PLC0415 - keeps `import fmashard.train.evaluate` light
 
     if config.endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = config.endpoint_url

@@ -6,11 +6,11 @@ from functools import partial
 import torch
 
 from fmashard import storage
-from fmashard.bench import BenchConfig, Run, default_device, timed
-from fmashard.device import DeviceFeeder, resolve_device
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.sources import resolve_source
-from fmashard.windows import WindowSpec
+from fmashard.bench.runner import BenchConfig, Run, default_device, timed
+from fmashard.data.device import DeviceFeeder, resolve_device
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.sources import resolve_source
+from fmashard.data.windows import WindowSpec
 
 
 def raw_read(spec, limit: int) -> Run:
@@ -48,7 +48,7 @@ def wds_pass(spec, config: BenchConfig, workers: int, device, full: bool, limit:
 
 
 def dali_pass(spec, config: BenchConfig, device, limit: int) -> Run:
-    from fmashard.dali_loader import DaliLoader
+    from fmashard.data.dali import DaliLoader
 
     loader = DaliLoader(spec, WindowSpec(), batch_size=config.batch_size,
                         device="gpu" if device.type == "cuda" else "cpu", seed=config.seed)
@@ -56,7 +56,7 @@ def dali_pass(spec, config: BenchConfig, device, limit: int) -> Run:
 
 
 def naive_pass(dataset, config: BenchConfig, workers: int, device, bytes_per_track: int, limit: int) -> Run:
-    from fmashard.naive import naive_loader
+    from fmashard.bench.naive import naive_loader
 
     def to_device(loader):
         for windows, labels in loader:
@@ -72,7 +72,7 @@ def _mean_size(urls: list[str]) -> int:
 
 def make_runners(config: BenchConfig) -> dict:
     """{(loader, workers): callable() -> Run}, all limited to the same number of tracks."""
-    from fmashard.naive import NaiveFileDataset, load_files_manifest
+    from fmashard.bench.naive import NaiveFileDataset, load_files_manifest
 
     spec = resolve_source(config.shards, config.split)
     device = resolve_device(config.device) if config.device != "auto" else default_device()
@@ -105,7 +105,7 @@ def make_runners(config: BenchConfig) -> dict:
 
 def mp3_dataset(config: BenchConfig, spec):
     from fmashard.errors import UserError
-    from fmashard.naive import NaiveMp3Dataset
+    from fmashard.bench.naive import NaiveMp3Dataset
 
     manifest = spec.manifest or {}
     fma_dir = config.fma_dir or (manifest.get("params") or {}).get("fma_dir")

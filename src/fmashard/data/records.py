@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fmashard import storage
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, parse_preamble
+from fmashard.data.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, parse_preamble
 
 
 class LocalShard:

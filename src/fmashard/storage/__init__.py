@@ -35,7 +35,7 @@ from fmashard.errors import AuthError, NotFoundError, StorageError, UserError, l
 
 REMOTE_SCHEMES = ("http", "https", "s3")
 PIPE_REFUSAL = ("pipe: URLs run a shell command; they are accepted only from Python, with allow_pipe=True "
-                "(fmashard.loader.LoaderConfig, fmashard.sources.resolve_source)")
+                "(fmashard.data.loader.LoaderConfig, fmashard.data.sources.resolve_source)")
 
 
 def _env_number(name: str, default: str, kind=float, minimum: float = 0):

@@ -2,7 +2,7 @@
 
 On CUDA the raw int16 batch (pinned by the loader) is copied with `non_blocking=True` on a side stream
 while the current batch computes; the compute stream waits on an event before decoding it.  On CPU the
-same code runs without streams.  Decoding and windowing happen on the device (`fmashard.windows`).
+same code runs without streams.  Decoding and windowing happen on the device (`fmashard.data.windows`).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from fmashard.errors import UserError
-from fmashard import recycle
-from fmashard.windows import WindowSpec, make_windows
+from fmashard.data import recycle
+from fmashard.data.windows import WindowSpec, make_windows
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -65,7 +65,7 @@ class DeviceFeeder:
         generator = None
         if self.spec.random_crop:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
-        out = None   # CUDA's caching allocator reuses device memory; on the CPU, fmashard.recycle does
+        out = None   # CUDA's caching allocator reuses device memory; on the CPU, fmashard.data.recycle does
         if not self.cuda:    # (a short last batch takes the front of a full-size buffer: one shape cached)
             self.rows = max(self.rows, audio.shape[0])
             full = recycle.empty((self.rows * self.spec.count, self.spec.window), torch.float32, keep=4)

@@ -2,7 +2,7 @@
 
 A batch is one (B, row) buffer of raw int16 (or float16) audio, row = clip_samples rounded up to 64
 bytes, pinned when CUDA is present; `HostBatch.audio` is its (B, clip_samples) view.  Buffers are
-reused once the consumer lets go of them (`fmashard.recycle`), so steady state allocates nothing.
+reused once the consumer lets go of them (`fmashard.data.recycle`), so steady state allocates nothing.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from fmashard import recycle
-from fmashard.sources import DatasetSpec
+from fmashard.data import recycle
+from fmashard.data.sources import DatasetSpec
 
 ROW_ALIGN = 64   # bytes: each batch row starts on a cache line (see BatchBuffers)
 

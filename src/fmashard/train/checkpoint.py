@@ -178,7 +178,7 @@ def prepare_run_dir(config, run_dir: Path, vocabulary, is_main: bool) -> dict | 
     """Check RUN_DIR against this run (a TrainConfig); the last.pt state to resume from, or None for a
     fresh start.  Every rank checks (read-only, so all fail alike); then rank 0 drops the records a killed
     run wrote after its last.pt (or all records, for a fresh start)."""
-    from fmashard.distributed import barrier  # noqa: PLC0415
+    from fmashard.train.distributed import barrier  # noqa: PLC0415
 
     config_path, last = run_dir / "config.json", run_dir / "last.pt"
     state = None

@@ -7,10 +7,10 @@ from contextlib import nullcontext
 
 import torch
 
-from fmashard.device import DeviceFeeder
-from fmashard.loader import LoaderConfig, ShardLoader
-from fmashard.sources import resolve_source
-from fmashard.windows import WindowSpec
+from fmashard.data.device import DeviceFeeder
+from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.sources import resolve_source
+from fmashard.data.windows import WindowSpec
 
 
 def _step_fn(model, device, amp: bool):
@@ -44,7 +44,7 @@ def _timed_steps(batches, step, steps: int, device) -> float:
 
 
 def model_throughput(config) -> dict:
-    from fmashard.bench import default_device
+    from fmashard.bench.runner import default_device
     from fmashard.models import build_model
 
     device = default_device() if config.device == "auto" else torch.device(config.device)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fmashard.sources import DatasetSpec
+from fmashard.data.sources import DatasetSpec
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Benchmarks: every loader side by side against the naive per-file loader."""
