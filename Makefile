@@ -26,9 +26,11 @@ demo: $(VENV)/.installed-base
 	$(BIN)/fmashard demo
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src shard_tools tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev   # every script in benchmarks/, in order (benchmarks/run_all.py)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def main() -> None:
             runs["decode_resample"].append(timed(decode_only)[:2])
             runs["decode_resample_encode"].append(timed(lambda: [process_track(t) for t in tasks])[:2])
             for workers, name in ((1, "build_1_worker"), (2, "build_2_workers")):
-                wall, cpu, report = timed(lambda: build(workers))
+                wall, cpu, report = timed(partial(build, workers))
                 runs[name].append((wall, cpu))
                 reports[name] = report
             print(f"round: {json.dumps({k: [round(x, 2) for x in v[-1]] for k, v in runs.items()})}", flush=True)

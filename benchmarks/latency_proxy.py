@@ -39,7 +39,7 @@ class LatencyProxy:
     def url(self) -> str:
         return f"http://{self.address[0]}:{self.address[1]}"
 
-    def start(self) -> "LatencyProxy":
+    def start(self) -> LatencyProxy:
         self._thread.start()
         return self
 

@@ -40,27 +40,30 @@ def prepare(work: Path, fma_dir: str | None) -> tuple[Path, Path, Path]:
     return fma, work / "shards", work / "files"
 
 
+def _ratio(row: dict, key: str) -> str:
+    return f"{row[key]:.1f}× ({row[key + '_paired']:.1f}×)" if key in row else "—"
+
+
 def markdown(report: dict) -> str:
     rows = report["results"]
     env = report["environment"]
-    lines = ["| loader | what it delivers | tracks/s median (min–max) | windows/s | × naive | × naive-mp3 | of raw read |",
-             "|---|---|---|---|---|---|---|"]
-    what = {"raw": "raw bytes (physical limit)", "wds-host": "(B, N) int16 batch buffer",
-            "wds": "(B·7, 1, 110250) float windows", "dali": "(B·7, 1, 110250) float windows",
+    lines = ["| loader | what it delivers | tracks/s median (min–max) | windows/s | × naive | × naive-mp3 "
+             "| of raw read |", "|---|---|---|---|---|---|---|"]
+    what = {"raw": "raw bytes (physical limit)", "fmashard-host": "(B, N) int16 batch buffer",
+            "fmashard": "(B·7, 1, 110250) float windows", "dali": "(B·7, 1, 110250) float windows",
             "naive": "7 float windows per track (lists)", "naive-mp3": "7 float windows per track (lists)"}
     for r in rows:
         t = r["tracks_per_s"]
-        ratio = lambda k: f"{r[k]:.1f}× ({r[k + '_paired']:.1f}×)" if k in r else "—"  # noqa: E731
         share = f"{r['share_of_raw']:.0%} ({r['share_of_raw_paired']:.0%})" if "share_of_raw" in r else "—"
         lines.append(f"| `{r['loader']}` ({r['workers']}w) | {what.get(r['loader'], '')} | "
                      f"{t['median']:.0f} ({t['min']:.0f}–{t['max']:.0f}) | {r['windows_per_s']['median']:.0f} | "
-                     f"{ratio('x_naive')} | {ratio('x_naive_mp3')} | {share} |")
+                     f"{_ratio(r, 'x_naive')} | {_ratio(r, 'x_naive_mp3')} | {share} |")
     m = env["machine"]
     lines.append("")
     lines.append(f"Method: {rows[0]['tracks']} tracks of the training split, batch {report['config']['batch_size']}, "
                  f"{report['config']['rounds']} interleaved rounds after a warm-up round (in each, a loader repeats "
-                 f"its pass until {report['config'].get('min_seconds', 0):g} s have passed), page cache warm; ratios of "
-                 f"medians (paired: median of the per-round ratios), "
+                 f"its pass until {report['config'].get('min_seconds', 0):g} s have passed), page cache warm; "
+                 f"ratios of medians (paired: median of the per-round ratios), "
                  f"torch threads {env.get('torch_threads')}; {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB, "
                  f"no GPU (device-side steps on the CPU); commit `{env['commit']}`; "
                  f"command `{env['command']}`.")
@@ -82,7 +85,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/fmashard-bench")
     parser.add_argument("--rounds", default="5")
     parser.add_argument("--workers", default="0")
-    parser.add_argument("--loaders", default="naive-mp3,naive,wds-host,wds,dali,raw")
+    parser.add_argument("--loaders", default="naive-mp3,naive,fmashard-host,fmashard,dali,raw")
     args = parser.parse_args()
     work = Path(args.work)
     fma, shards, files = prepare(work, args.fma_dir)

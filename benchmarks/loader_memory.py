@@ -32,8 +32,8 @@ def main() -> None:
 
     import torch
 
-    from fmashard.data import recycle
     from fmashard.bench.report import environment
+    from fmashard.data import recycle
     from fmashard.data.device import DeviceFeeder
     from fmashard.data.loader import LoaderConfig, ShardLoader
     from fmashard.data.sources import resolve_source

@@ -31,10 +31,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks"), str(REPO / "src"), str(REPO)]
 
+from fmashard.bench.report import commit as git_commit  # noqa: E402
 from s3_server import S3Server, weed_binary, write_files_layout  # noqa: E402
 from synth_shards import VOCAB, write_synthetic_shards  # noqa: E402
-
-from fmashard.bench.report import commit as git_commit  # noqa: E402
 
 CLIP_SAMPLES = 661_500   # 30 s at 22,050 Hz
 LOADERS = ("shards", "naive", "raw")
@@ -160,7 +159,7 @@ def main() -> None:
             setup_s = time.perf_counter() - started
             for round_ in range(args.rounds + 1):   # round 0: warm-up, not recorded
                 for net, endpoint in networks.items():
-                    os.environ["AWS_ENDPOINT_URL"] = endpoint
+                    storage.set_endpoint_url(endpoint)
                     storage.s3_client()   # built now (~0.1 s), not inside whichever pass comes first
                     for name in LOADERS:
                         fn, source = runners[name]
@@ -189,9 +188,9 @@ def main() -> None:
         "method": (f"{args.tracks} tracks of 30 s at 22,050 Hz (int16 shards of {args.per_shard} tracks = "
                    f"{spec.record_bytes * args.per_shard / 1e6:.0f} MB objects; float32 .pt files of "
                    f"{CLIP_SAMPLES * 4 / 1e6:.1f} MB), batch size {args.batch_size}, workers 0, SeaweedFS "
-                   f"`weed mini` on 127.0.0.1, boto3, torch threads {args.threads}; 1 warm-up + {args.rounds} timed rounds, interleaved "
-                   f"(shards, naive, raw) per network; tracks/s median (min-max); ratios of medians and, paired, the "
-                   f"median of the per-round ratios. The proxy delays the first "
+                   f"`weed mini` on 127.0.0.1, boto3, torch threads {args.threads}; 1 warm-up + {args.rounds} "
+                   f"timed rounds, interleaved (shards, naive, raw) per network; tracks/s median (min-max); "
+                   f"ratios of medians and, paired, the median of the per-round ratios. The proxy delays the first "
                    f"byte of every response by {args.delay_ms:g} ms ({delayed} responses delayed)."),
         "targets": {"shards_vs_naive_loopback": 4, "shards_vs_naive_proxy": 10, "shards_vs_raw": 0.5},
         "tracks_per_second": results,

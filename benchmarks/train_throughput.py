@@ -76,11 +76,11 @@ def measure(model_name: str, precision: str, spec, args, device) -> dict:
     import torch
 
     from fmashard.data.device import DeviceFeeder
-    from fmashard.train.evaluate import autocast_context
     from fmashard.data.loader import LoaderConfig, ShardLoader
+    from fmashard.data.windows import WindowSpec
     from fmashard.models import build_model
     from fmashard.train.loop import train_step
-    from fmashard.data.windows import WindowSpec
+    from fmashard.train.precision import autocast_context
 
     window = round(args.window_seconds * spec.sample_rate)
     while True:  # raise the window to the model's minimum (0.1-s steps)

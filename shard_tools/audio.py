@@ -1,4 +1,4 @@
-"""Decode one track into a fixed-length mono clip at the target rate, and encode it for a shard.
+"""Decode one track into a fixed-length mono clip at the target rate, and encode it with its codec.
 
 decode (soundfile, the file's own rate and channel count) -> mono (mean of channels) ->
 resample (soxr HQ, skipped when the rates are equal) -> cut or zero-pad to `clip_samples`.
@@ -20,14 +20,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-CODECS = ("pcm16", "f16")
-# what a codec stores: (file extension of the audio member, numpy dtype, bytes per value)
-CODEC_FORMATS = {"pcm16": ("pcm", "<i2", 2), "f16": ("f16", "<f2", 2), "float32": ("pt", "<f4", 4)}
+from fmashard.format.codecs import get_codec
 
 
 @dataclass(frozen=True)
 class ClipSettings:
-    """What every track is turned into; `codec` "float32" keeps the float clip (files layout)."""
+    """What every track is turned into; `codec` names an entry of `fmashard.format.codecs` ("float32"
+    keeps the float clip: files layout)."""
 
     sample_rate: int
     clip_samples: int
@@ -123,17 +122,6 @@ def decode_track(path, settings: ClipSettings) -> DecodedTrack:
     )
 
 
-def encode_clip(clip: np.ndarray, codec: str) -> bytes:
-    """pcm16: round(x * 32768) clipped to int16, little-endian; f16: little-endian float16."""
-    if codec == "pcm16":
-        return np.clip(np.round(clip * 32768), -32768, 32767).astype("<i2").tobytes()
-    if codec == "f16":
-        return clip.astype("<f2").tobytes()
-    if codec == "float32":
-        return clip.astype("<f4").tobytes()
-    raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
-
-
 @dataclass(frozen=True)
 class TrackTask:
     """One unit of work for a worker process (small and picklable)."""
@@ -167,7 +155,7 @@ def process_track(task: TrackTask) -> TrackResult:
         return TrackResult(task.track_id, reason=str(exc))
     except Exception as exc:  # anything else about one file must not stop the build either
         return TrackResult(task.track_id, reason=f"decode failed: {type(exc).__name__}: {exc}")
-    payload = encode_clip(track.clip, task.settings.codec)
+    payload = get_codec(task.settings.codec).encode(track.clip)
     meta = {
         "track_id": task.track_id,
         "genre": task.genre,

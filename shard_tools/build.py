@@ -19,12 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmashard import storage
 from fmashard.errors import UserError
+from fmashard.format.manifest import MANIFEST_NAME, dump_manifest
+from fmashard.format.tar import key_of
 from shard_tools.audio import TrackResult, TrackTask, process_track
 from shard_tools.build_config import BuildConfig, ConfigError, parse_size  # noqa: F401 - re-exported
-from shard_tools.build_output import MANIFEST_NAME, BuildOutput, Journal, start_build
+from shard_tools.build_output import BuildOutput, Journal, start_build
 from shard_tools.build_plan import ShardPlan, plan_shards
-from shard_tools.manifest import dump_manifest, make_manifest
+from shard_tools.manifest import make_manifest
 from shard_tools.tar_writer import ShardWriter
 
 # forkserver: workers are forked from a clean server process (no inherited torch/CUDA/thread state) that
@@ -191,8 +194,15 @@ def track_progress(total: int, enabled: bool):
         yield lambda: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -254,7 +264,7 @@ def write_shard(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results,
             if writer is None:  # a shard whose tracks are all skipped is never written
                 writer = ShardWriter(out.local(plan.tar_path), out.local(plan.index_path), config.audio_ext,
                                      config.sample_bytes)
-            writer.add(f"{track.track_id:06d}", track.label, result.meta, result.payload, result.crc32)
+            writer.add(key_of(track.track_id), track.label, result.meta, result.payload, result.crc32)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -280,12 +290,10 @@ def write_files(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results,
         if result.skipped:
             skipped.append(skip_entry(config, plan, result, task_of(config, track).path))
             continue
-        rel = f"{plan.split}/{track.track_id:06d}.pt"
-        path = out.local(rel)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        torch.save(torch.from_numpy(np.frombuffer(result.payload, dtype="<f4").copy()), tmp)
-        data = tmp.read_bytes()
-        os.replace(tmp, path)
+        rel = f"{plan.split}/{key_of(track.track_id)}.pt"
+        with storage.atomic_path(out.local(rel)) as tmp:   # torch.save names the archive after the path
+            torch.save(torch.from_numpy(np.frombuffer(result.payload, dtype="<f4").copy()), tmp)
+            data = tmp.read_bytes()
         out.publish([rel])
         files.append({"path": rel, "track_id": track.track_id, "label": track.label,
                       "num_samples": result.meta["num_samples"], "num_bytes": len(data),

@@ -6,8 +6,9 @@ import re
 from dataclasses import asdict, dataclass
 
 from fmashard.errors import UserError
-from shard_tools.audio import CODEC_FORMATS, CODECS, ClipSettings
-from shard_tools.tar_writer import END_OF_ARCHIVE, record_bytes
+from fmashard.format.codecs import CODECS, FILES_CODEC, SHARD_CODECS
+from fmashard.format.tar import END_OF_ARCHIVE, record_bytes
+from shard_tools.audio import ClipSettings
 
 LAYOUTS = ("shards", "files")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -53,8 +54,8 @@ class BuildConfig:
             raise ConfigError("out: an output folder or s3:// prefix is required")
         if not self.subset:
             raise ConfigError("subset: required (small, medium or large)")
-        if self.codec not in CODECS:
-            raise ConfigError(f"codec: must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.codec not in SHARD_CODECS:
+            raise ConfigError(f"codec: must be one of {', '.join(SHARD_CODECS)}, got {self.codec!r}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout: must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.workers < 1:
@@ -81,23 +82,23 @@ class BuildConfig:
     @property
     def stored_codec(self) -> str:
         """What a sample's audio is stored as: the codec, or float32 tensors for --layout files."""
-        return self.codec if self.layout == "shards" else "float32"
+        return self.codec if self.layout == "shards" else FILES_CODEC
 
     @property
     def audio_ext(self) -> str:
-        return CODEC_FORMATS[self.stored_codec][0]
+        return CODECS[self.stored_codec].ext
 
     @property
     def dtype(self) -> str:
-        return {"<i2": "int16", "<f2": "float16", "<f4": "float32"}[CODEC_FORMATS[self.stored_codec][1]]
+        return CODECS[self.stored_codec].dtype
 
     @property
     def sample_bytes(self) -> int:
-        return self.clip_samples * CODEC_FORMATS[self.stored_codec][2]
+        return self.clip_samples * CODECS[self.stored_codec].bytes_per_sample
 
     @property
     def record_bytes(self) -> int:
-        return record_bytes(self.clip_samples * CODEC_FORMATS[self.codec][2])
+        return record_bytes(self.clip_samples * CODECS[self.codec].bytes_per_sample)
 
     @property
     def samples_per_shard(self) -> int:

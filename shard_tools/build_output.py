@@ -3,7 +3,8 @@
 Files that belong to a build: `manifest.json` (written last), `.fmashard-build.json` (the build's
 arguments, written first), `.fmashard-journal/{split}-{index}.json` (one record per finished shard,
 written after the shard), the split folders' `.tar`/`.idx` (or `.pt`) files.  Every file is written to
-`name.tmp-<pid>` and `os.replace`d, so a kill -9 leaves only complete files plus `*.tmp-*` leftovers.
+`name.tmp-<pid>` and renamed (`fmashard.storage.atomic`), so a kill -9 leaves only complete files plus
+`*.tmp-*` leftovers.
 `--overwrite` deletes only the files the previous build's manifest or journal lists (plus those
 leftovers) and refuses a folder that holds anything else: a run's best.pt next to the shards survives.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from fmashard import storage
 from fmashard.errors import NotFoundError, UserError
+from fmashard.format.manifest import MANIFEST_NAME
 
 BUILD_FILE = ".fmashard-build.json"
 JOURNAL_DIR = ".fmashard-journal"
-MANIFEST_NAME = "manifest.json"
 # the temporary names a build writes: {split}/{split}-000000.tar|.idx, {split}/000002.pt, the root files
 _OUR_TMP = re.compile(r"(?:([^/]+)/(?:\1-\d{6}\.(?:tar|idx)|\d{6}\.pt)|manifest\.json|\.fmashard-build\.json"
                       r"|\.fmashard-probe|\.fmashard-journal/[^/]+\.json)\.tmp-\d+")
@@ -32,19 +32,20 @@ _OUR_TMP = re.compile(r"(?:([^/]+)/(?:\1-\d{6}\.(?:tar|idx)|\d{6}\.pt)|manifest\
 class BuildOutput:
     def __init__(self, url: str):
         self.url = storage.check_scheme(str(url))
-        self.remote = storage.is_remote(self.url)
-        if self.remote and storage.scheme_of(self.url) != "s3":
+        backend = storage.backend_for(self.url)
+        if not backend.can_write:
             raise UserError(f"{self.url}: a build writes to a local folder or an s3:// prefix only")
+        self.remote = not backend.local   # no listing: files are staged here, then uploaded
         if self.remote:
             self.root = Path(tempfile.mkdtemp(prefix="fmashard-build-"))
         else:
-            self.root = storage.local_path(self.url)
+            self.root = backend.local_path(self.url)
             self._check_writable()
 
     def _check_writable(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.url}: exists and is not a folder (choose another --out)")
-        probe = self.root / f".fmashard-probe.tmp-{os.getpid()}"
+        probe = storage.temp_name(self.root / ".fmashard-probe")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
@@ -63,21 +64,12 @@ class BuildOutput:
     # ------------------------------------------------------------------ small files
     def read_text(self, rel: str) -> str | None:
         try:
-            if self.remote:
-                return storage.read_bytes(self.url_of(rel)).decode("utf-8")
-            return self.local(rel).read_text(encoding="utf-8")
-        except (FileNotFoundError, NotFoundError):
+            return storage.read_bytes(self.url_of(rel)).decode("utf-8")
+        except NotFoundError:
             return None
 
     def write_text(self, rel: str, text: str) -> None:
-        if self.remote:
-            storage.write_bytes_atomic(self.url_of(rel), text.encode("utf-8"))
-            return
-        path = self.local(rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        storage.write_bytes_atomic(self.url_of(rel), text.encode("utf-8"))
 
     # ------------------------------------------------------------------ finished files
     def publish(self, rels: list[str]) -> None:
@@ -91,7 +83,7 @@ class BuildOutput:
         """(size, sha256) of a published file, None if it is absent."""
         sha, size, buf = hashlib.sha256(), 0, bytearray(1 << 20)
         try:
-            with storage.open_stream(self.url_of(rel) if self.remote else str(self.local(rel))) as stream:
+            with storage.open_stream(self.url_of(rel)) as stream:
                 while n := stream.readinto(buf):
                     sha.update(memoryview(buf)[:n])
                     size += n
@@ -223,10 +215,7 @@ class Journal:
 
     def discard(self, names: list[str]) -> None:
         for name in names:
-            if self.out.remote:
-                storage.delete(self.out.url_of(self.rel(name)))
-            else:
-                self.out.local(self.rel(name)).unlink(missing_ok=True)
+            storage.delete(self.out.url_of(self.rel(name)))
 
     def save(self, name: str, record: dict) -> None:
         self.out.write_text(self.rel(name), json.dumps({"build_id": self.build_id, **record}) + "\n")

@@ -3,14 +3,17 @@
     v1.2 <num_samples>
     <ext> <data_offset> <size> <name> <ext> <data_offset> <size> <name> ...   (one line per sample)
 
-Members are listed in tar order and grouped into samples by consecutive basename (the name up to the
-first dot of its last path component), exactly like `wds2idx.IndexCreator`; `data_offset` is the
-member's header offset + 512.
+Members are listed in tar order and grouped into samples by consecutive key (`fmashard.format.tar`'s key
+rule: the name up to the first dot of its last path component), exactly like `wds2idx.IndexCreator`;
+`data_offset` is the member's header offset + 512.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+
+from fmashard.format.tar import split_member
+from fmashard.storage.atomic import atomic_write
 
 INDEX_VERSION = "v1.2"
 
@@ -18,23 +21,17 @@ INDEX_VERSION = "v1.2"
 IndexEntry = tuple[str, int, int, str]
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """'dir/000002.pcm' -> ('dir/000002', 'pcm'), as wds2idx splits it."""
-    dot = name.find(".", name.rfind("/") + 1)
-    return name[:dot], name[dot + 1 :]
-
-
 def group_members(members: Iterable[tuple[str, int, int]]) -> list[list[IndexEntry]]:
     """(name, data_offset, size) in tar order -> one list of entries per sample."""
     samples: list[list[IndexEntry]] = []
     last = None
     for name, offset, size in members:
-        base, ext = split_name(name)
-        if not base or base.endswith("/"):  # hidden files, as wds2idx
+        key, ext = split_member(name)
+        if not key or key.endswith("/"):  # hidden files, as wds2idx
             continue
-        if base != last:
+        if key != last:
             samples.append([])
-            last = base
+            last = key
         samples[-1].append((ext, offset, size, name))
     return samples
 
@@ -55,9 +52,6 @@ def index_of_tar(path) -> str:
 
 
 def write_index_atomic(path, text: str) -> None:
-    """Write `path` via `path.tmp-<pid>` + os.replace, so a present .idx is always complete."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write `path` atomically (`fmashard.storage.atomic_write`), so a present .idx is always complete."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))

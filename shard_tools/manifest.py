@@ -1,15 +1,11 @@
-"""`manifest.json` (ARCHITECTURE.md schema, format_version 1), assembled from the shard records."""
+"""A build's `manifest.json`, assembled from the shard records (the schema, its reader and its
+serialisation live in `fmashard.format.manifest`), and read back for `verify`."""
 from __future__ import annotations
-
-import json
 
 from fmashard import storage
 from fmashard.errors import NotFoundError, UserError
-from fmashard.data.sources import MANIFEST_NAME, manifest_problem
+from fmashard.format.manifest import FORMAT_VERSION, MANIFEST_FORMAT, load_manifest, manifest_url
 from shard_tools.build_output import BUILD_FILE
-
-FORMAT = "fmashard"
-FORMAT_VERSION = 1
 
 
 def make_manifest(config, vocabulary: list[str], splits: list[str], records: list[dict],
@@ -36,7 +32,7 @@ def make_manifest(config, vocabulary: list[str], splits: list[str], records: lis
     order = {split: i for i, split in enumerate(splits)}
     skipped.sort(key=lambda s: (order[s["split"]], s["track_id"]))
     return {
-        "format": FORMAT,
+        "format": MANIFEST_FORMAT,
         "format_version": FORMAT_VERSION,
         "layout": config.layout,
         "params": config.params(),
@@ -58,39 +54,28 @@ def make_manifest(config, vocabulary: list[str], splits: list[str], records: lis
     }
 
 
-def dump_manifest(manifest: dict) -> str:
-    return json.dumps(manifest, indent=1) + "\n"
-
-
 class ManifestProblem(UserError):
     """The folder is (or was meant to be) a build, but its manifest is missing, unreadable or of an unknown
     format: `verify` reports it as a problem with the build (exit 1), not as a usage error."""
 
 
-def read_manifest(out: str) -> tuple[str, dict]:
+def read_build_manifest(out: str) -> tuple[str, dict]:
     """(manifest URL, manifest) for a build folder/prefix or a manifest.json URL.  UserError for a path
-    that is not there or not a folder; ManifestProblem for a build folder without a usable manifest."""
+    that is not there or not a folder; ManifestProblem for a build folder without a usable manifest.
+    The paths it lists are not checked here: `verify` reports each one outside the folder."""
     out = storage.check_scheme(str(out))
-    url = out if out.endswith(".json") else storage.join_url(out, MANIFEST_NAME)
-    if storage.scheme_of(out) in ("local", "file"):
-        path = storage.local_path(out)
+    url = manifest_url(out)
+    path = storage.local_path(out)
+    if path is not None:
         if path.is_file() and not out.endswith(".json"):
             raise UserError(f"{out}: a file, not a build folder (pass the folder `fmashard build --out` wrote, "
                             "or its manifest.json)")
         if not (path if not out.endswith(".json") else path.parent).is_dir():
             raise UserError(f"{out}: no such build folder or manifest")
     try:
-        raw = storage.read_bytes(url)
+        return url, load_manifest(url, invalid=ManifestProblem, check_paths=False)
     except NotFoundError:
         raise _no_manifest(out, url) from None
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestProblem(f"{url}: not a JSON manifest ({exc})") from None
-    problem = manifest_problem(manifest)
-    if problem:
-        raise ManifestProblem(f"{url}: {problem}")
-    return url, manifest
 
 
 def _no_manifest(out: str, url: str) -> UserError:

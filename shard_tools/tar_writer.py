@@ -1,45 +1,20 @@
-"""Write fixed-stride, byte-deterministic shards (ARCHITECTURE.md "Shard format").
+"""Write fixed-stride, byte-deterministic shards in the layout of `fmashard.format.tar`.
 
-One sample = `{key}.cls`, `{key}.json` (< 512 bytes), `{key}.pcm|.f16`, each a USTAR header
-(mode 0o644, uid/gid 0, empty uname/gname, mtime 0) + data padded to 512 bytes; the archive ends with
-two zero blocks.  Every sample therefore takes exactly `record_bytes(sample_bytes)` bytes and sample i
-starts at byte `i * record_bytes`.  The writer hashes (sha256) and indexes (DALI) as it writes.
+One sample = `{key}.cls`, `{key}.json` (< 512 bytes), `{key}.<codec ext>`, each a deterministic USTAR
+header + data padded to 512 bytes; the archive ends with two zero blocks.  Every sample therefore
+takes exactly `record_bytes(sample_bytes)` bytes and sample i starts at byte `i * record_bytes`.  The
+writer hashes (sha256) and indexes (DALI) as it writes.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmashard.format.tar import BLOCK, END_OF_ARCHIVE, member_header, member_name, split_member
+from fmashard.storage.atomic import AtomicFile
 from shard_tools.dali_index import IndexEntry, format_index, write_index_atomic
-
-BLOCK = 512
-END_OF_ARCHIVE = bytes(2 * BLOCK)
-
-
-def padded_size(size: int) -> int:
-    return -(-size // BLOCK) * BLOCK
-
-
-def record_bytes(sample_bytes: int) -> int:
-    """Bytes per sample: three headers, one block each for .cls and .json, the padded audio."""
-    return 3 * BLOCK + BLOCK + BLOCK + padded_size(sample_bytes)
-
-
-def shard_bytes(num_samples: int, sample_bytes: int) -> int:
-    return num_samples * record_bytes(sample_bytes) + len(END_OF_ARCHIVE)
-
-
-def member_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o644, 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
 
 
 def sample_json(meta: dict) -> bytes:
@@ -71,8 +46,8 @@ class ShardWriter:
     crc32: list[int] = field(default_factory=list)
 
     def __post_init__(self):
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self._file = open(self.tmp_path, "wb")
+        self._out = AtomicFile(self.path)   # path.tmp-<pid>; fsync + rename on commit
+        self._file = self._out.file
         self._sha = hashlib.sha256()
         self._offset = 0
         self._index: list[list[IndexEntry]] = []
@@ -83,7 +58,7 @@ class ShardWriter:
         self._offset += len(data)
 
     def _member(self, name: str, data: bytes) -> IndexEntry:
-        entry = (name.rsplit(".", 1)[1], self._offset + BLOCK, len(data), name)
+        entry = (split_member(name)[1], self._offset + BLOCK, len(data), name)
         self._write(member_header(name, len(data)))
         self._write(data)
         if len(data) % BLOCK:
@@ -95,9 +70,9 @@ class ShardWriter:
             raise ValueError(f"{key}: audio is {len(payload)} bytes, the shard's records hold {self.sample_bytes}")
         self._index.append(
             [
-                self._member(f"{key}.cls", str(label).encode("ascii")),
-                self._member(f"{key}.json", sample_json(meta)),
-                self._member(f"{key}.{self.audio_ext}", payload),
+                self._member(member_name(key, "cls"), str(label).encode("ascii")),
+                self._member(member_name(key, "json"), sample_json(meta)),
+                self._member(member_name(key, self.audio_ext), payload),
             ]
         )
         self.keys.append(key)
@@ -105,11 +80,9 @@ class ShardWriter:
 
     def commit(self) -> ShardResult:
         self._write(END_OF_ARCHIVE)
-        self._file.close()
         write_index_atomic(self.index_path, format_index(self._index))
-        os.replace(self.tmp_path, self.path)
+        self._out.commit()
         return ShardResult(len(self.keys), self._offset, self._sha.hexdigest(), self.keys, self.crc32)
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        self._out.abort()

@@ -16,13 +16,12 @@ from pathlib import PurePosixPath
 
 from fmashard import storage
 from fmashard.errors import StorageError
-from fmashard.data.sources import is_inside, listed_paths
+from fmashard.format.codecs import CODECS
+from fmashard.format.manifest import is_inside, listed_paths
+from fmashard.format.tar import BLOCK, padded, split_member, track_id_of
 from shard_tools.build_output import JOURNAL_DIR
 from shard_tools.dali_index import format_index, group_members
-from shard_tools.manifest import ManifestProblem, read_manifest
-from shard_tools.tar_writer import BLOCK, padded_size
-
-AUDIO_EXTS = {"pcm16": "pcm", "f16": "f16"}
+from shard_tools.manifest import ManifestProblem, read_build_manifest
 
 
 @dataclass
@@ -58,17 +57,17 @@ class Member:
 
     @property
     def key(self) -> str:
-        return self.name.split(".", 1)[0]
+        return split_member(self.name)[0]
 
     @property
     def ext(self) -> str:
-        return self.name.split(".", 1)[1] if "." in self.name else ""
+        return split_member(self.name)[1]
 
 
 def verify_build(out: str) -> VerifyReport:
     report = VerifyReport(str(out))
     try:
-        manifest_url, manifest = read_manifest(out)
+        manifest_url, manifest = read_build_manifest(out)
     except ManifestProblem as exc:  # a build without a usable manifest: a problem, not a usage error
         report.problems.append(str(exc))
         return report
@@ -112,7 +111,7 @@ def _journal_crcs(base: str, shard: dict) -> dict[str, int]:
 def read_members(stream, shard: str, problems: list[str], sha) -> tuple[list[Member], int, bool]:
     """Walk the tar headers; returns the members read, the bytes read (all hashed into `sha`) and whether
     the walk reached the end-of-archive blocks (False: truncated or damaged, already reported)."""
-    members, pos, block = [], 0, bytearray(BLOCK)
+    members, pos = [], 0
 
     def read(n: int) -> bytes:
         nonlocal pos
@@ -163,8 +162,8 @@ def read_members(stream, shard: str, problems: list[str], sha) -> tuple[list[Mem
             left -= len(data)
         if member.ext in ("cls", "json") and info.size < BLOCK:  # content checked by check_sample
             member.content = b"".join(chunks)
-        padding = read(padded_size(info.size) - info.size) if not left else b""
-        if left or len(padding) < padded_size(info.size) - info.size:
+        padding = read(padded(info.size) - info.size) if not left else b""
+        if left or len(padding) < padded(info.size) - info.size:
             problems.append(f"{shard}: truncated at byte {pos} inside {info.name}")
             return members, pos, False
         member.crc32 = crc
@@ -174,7 +173,8 @@ def read_members(stream, shard: str, problems: list[str], sha) -> tuple[list[Mem
 def check_sample(shard: str, i: int, group: list[Member], manifest: dict, crcs: dict) -> list[str]:
     key = group[0].key
     where = f"{shard} key {key}"
-    audio_ext = AUDIO_EXTS.get(manifest["codec"], manifest["codec"])
+    codec = CODECS.get(manifest["codec"])
+    audio_ext = codec.ext if codec else manifest["codec"]
     problems = []
     if group[0].offset != i * manifest["record_bytes"]:
         expected = i * manifest["record_bytes"]
@@ -195,7 +195,8 @@ def check_sample(shard: str, i: int, group: list[Member], manifest: dict, crcs: 
     except (UnicodeDecodeError, ValueError) as exc:
         return problems + [f"{where}: unreadable .cls/.json ({exc})"]
     vocabulary = manifest.get("vocabulary") or []
-    expected = {"track_id": int(key) if key.isdigit() else key, "label": label,
+    track_id = track_id_of(key)
+    expected = {"track_id": track_id if track_id >= 0 else key, "label": label,
                 "sample_rate": manifest["sample_rate"]}
     if vocabulary and 0 <= label < len(vocabulary):
         expected["genre"] = vocabulary[label]
@@ -248,7 +249,7 @@ def check_index(base: str, shard: dict, samples) -> list[str]:
     got_lines, want_lines = text.splitlines(), expected.splitlines()
     for n, (got, want) in enumerate(zip(got_lines, want_lines)):
         if got != want:
-            key = want.split()[3].split(".")[0] if n else None
+            key = split_member(want.split()[3])[0] if n else None
             where = f" (sample key {key})" if key else ""
             return [f"{index}: line {n + 1}{where} does not match the tar: {got[:60]!r} != {want[:60]!r}"]
     return [f"{index}: {len(got_lines)} lines, the tar needs {len(want_lines)}"]

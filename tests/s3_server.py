@@ -67,7 +67,7 @@ class S3Server:
             args += [f"-{name}.port={self.ports[name]}", f"-{name}.port.grpc={self.ports[name + '.grpc']}"]
         return args
 
-    def start(self, timeout: float = 60.0) -> "S3Server":
+    def start(self, timeout: float = 60.0) -> S3Server:
         """Start (or restart on the same ports and data) and wait until the S3 API answers."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("server already running")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shard_tools.tar_writer import ShardWriter, record_bytes
+from fmashard.format.tar import record_bytes
+from shard_tools.tar_writer import ShardWriter
 
 VOCAB = ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental"]
 

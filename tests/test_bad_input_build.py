@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_build import (BROKEN, SHARD_SIZE, assert_one_line_error, fma_dir, mini_fma,  # noqa: E402,F401
-                        run_cli)
+from test_build import BROKEN, SHARD_SIZE, assert_one_line_error, fma_dir, mini_fma, run_cli  # noqa: E402,F401
 
 
 def build_cli(monkeypatch, capsys, fma, out, *extra) -> tuple[int, str, str]:

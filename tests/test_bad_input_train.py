@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from conftest import run_fmashard
-from fmashard.train.checkpoint import save_checkpoint
-from fmashard.errors import TruncatedShardError
 from fmashard.data.loader import LoaderConfig, ShardLoader
-from fmashard.models import build_model
 from fmashard.data.sources import resolve_source
-from fmashard.train.loop import TrainConfig, train
 from fmashard.data.windows import WindowSpec
+from fmashard.errors import TruncatedShardError
+from fmashard.models import build_model
+from fmashard.train import TrainConfig, train
+from fmashard.train.checkpoint import save_checkpoint
 from synth_shards import write_synthetic_shards
 from test_checkpoint import TINY, damaged_checkpoint, write_run_shards
 
@@ -232,7 +232,7 @@ def test_damaged_or_misplaced_checkpoints_are_one_line(data, tmp_path, cli_error
 
 # ------------------------------------------------------------------------------ 16: wording
 def test_skip_warnings_count_epochs_from_one_and_evaluate_has_none(data, tmp_path, caplog):
-    from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint
+    from fmashard.train import EvaluateConfig, evaluate_checkpoint
 
     caplog.set_level(logging.WARNING, logger="fmashard")
     train(TrainConfig(shards=str(data["truncated"]), out=str(tmp_path / "run"), on_error="skip", verbose=False,

@@ -1,10 +1,13 @@
-"""`fmashard bench` end to end on a tiny corpus: every loader, the JSON's fields, the same tracks."""
+"""`fmashard bench`: every loader over the same tracks end to end, the JSON's fields, the ratio arithmetic,
+the loader names and the default loaders."""
 import json
+import statistics
 import subprocess
 import sys
 
 import pytest
 
+from fmashard.errors import UserError
 from shard_tools.build import BuildConfig, build_shards
 
 FIELDS = ("tracks_per_s", "windows_per_s", "mb_per_s", "first_batch_s", "cpu_s_per_track", "peak_rss_mb",
@@ -23,7 +26,7 @@ def builds(demo_corpus, tmp_path_factory):
 @pytest.mark.slow
 def test_bench_command_reports_every_loader_over_the_same_tracks(builds, tmp_path):
     fma, out = builds
-    loaders = ["naive-mp3", "naive", "wds-host", "wds", "raw"]
+    loaders = ["naive-mp3", "naive", "fmashard-host", "fmashard", "raw"]
     try:
         import nvidia.dali  # noqa: F401
         loaders.append("dali")
@@ -47,8 +50,13 @@ def test_bench_command_reports_every_loader_over_the_same_tracks(builds, tmp_pat
             stat = row[field]
             assert stat["min"] <= stat["median"] <= stat["max"]
         assert row["tracks_per_s"]["median"] > 0
-    assert rows["wds"]["x_naive"] > 0 and rows["wds"]["x_naive_mp3"] > 0 and 0 < rows["wds-host"]["share_of_raw"]
-    assert rows["wds"]["x_naive_paired"] > 0 and 0 < rows["wds-host"]["share_of_raw_paired"]
+    for name, ref, key in (("fmashard", "naive", "x_naive"), ("fmashard", "naive-mp3", "x_naive_mp3"),
+                           ("fmashard-host", "raw", "share_of_raw")):
+        row, other = rows[name], rows[ref]
+        assert row[key] == pytest.approx(row["tracks_per_s"]["median"] / other["tracks_per_s"]["median"])
+        assert row[key + "_paired"] == pytest.approx(statistics.median(
+            a / b for a, b in zip(row["tracks_per_s_rounds"], other["tracks_per_s_rounds"])))
+        assert row["tracks_per_s"]["median"] == pytest.approx(statistics.median(row["tracks_per_s_rounds"]))
     assert max(rows["raw"]["passes_per_round"]) > 1          # 12 tracks read raw take far less than 0.2 s
     env = report["environment"]
     assert env["machine"]["cores"] and env["machine"]["ram_gb"] > 0 and env["machine"]["cpu"]
@@ -56,17 +64,16 @@ def test_bench_command_reports_every_loader_over_the_same_tracks(builds, tmp_pat
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_refuses_unknown_loaders_in_one_line(builds):
-    _, out = builds
-    proc = subprocess.run([sys.executable, "-m", "fmashard", "bench", "--shards", str(out / "shards"),
-                           "--loaders", "wds,fast"], capture_output=True, text=True, timeout=120)
+def test_bench_refuses_unknown_loaders_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fmashard", "bench", "--shards", str(tmp_path),
+                           "--loaders", "fmashard,fast"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "fast" in lines[0] and "Traceback" not in proc.stderr
 
 
 def test_a_measurement_repeats_a_short_pass_and_averages_it():
-    from fmashard.bench.runner import Run, measure
+    from fmashard.bench.timing import Run, measure
 
     calls = []
 
@@ -90,3 +97,120 @@ def test_plot_is_written_where_the_command_says_it_is(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"wrote {chart}" in proc.stdout.splitlines()
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not chart.with_suffix(".png").exists()
+
+
+def rate_row(loader: str, rates: list[float], workers: int = 0) -> dict:
+    return {"loader": loader, "workers": workers, "tracks_per_s": {"median": statistics.median(rates)},
+            "tracks_per_s_rounds": rates}
+
+
+def test_ratios_are_ratios_of_medians_and_paired_the_median_of_per_round_ratios():
+    from fmashard.bench.runner import add_ratios
+
+    rows = [rate_row("fmashard", [100, 200, 300]), rate_row("naive", [10, 50, 25]),
+            rate_row("naive-mp3", [2, 1, 5]), rate_row("raw", [400, 800, 200]),
+            rate_row("fmashard", [90, 90, 90], workers=2)]
+    add_ratios(rows)
+    fmashard, naive, mp3, raw, other_workers = rows
+    assert fmashard["x_naive"] == pytest.approx(8.0)                # 200 / 25
+    assert fmashard["x_naive_paired"] == pytest.approx(10.0)        # median(100/10, 200/50, 300/25) = median(10, 4, 12)
+    assert fmashard["x_naive_mp3"] == pytest.approx(100.0)          # 200 / 2
+    assert fmashard["x_naive_mp3_paired"] == pytest.approx(60.0)    # median(50, 200, 60)
+    assert fmashard["share_of_raw"] == pytest.approx(0.5)           # 200 / 400
+    assert fmashard["share_of_raw_paired"] == pytest.approx(0.25)   # median(0.25, 0.25, 1.5)
+    assert naive["x_naive_mp3"] == pytest.approx(12.5) and naive["x_naive_mp3_paired"] == pytest.approx(5.0)
+    assert raw["x_naive"] == pytest.approx(16.0) and "share_of_raw" not in raw   # not against itself
+    assert "x_naive" not in naive and "x_naive_mp3" not in mp3
+    assert not any(key.startswith(("x_", "share_")) for key in other_workers)    # no naive run at 2 workers
+
+
+def test_summary_statistics_per_loader():
+    from fmashard.bench.runner import LoaderResult, summarize
+    from fmashard.bench.timing import Run
+
+    mb = 2**20
+    runs = [Run(10, 2_000_000, 0.5, 0.1, 1.0, 3 * mb, 1 * mb), Run(10, 2_000_000, 0.25, 0.3, 0.5, 5 * mb, 2 * mb),
+            Run(10, 2_000_000, 1.0, 0.2, 2.0, 4 * mb, 4 * mb, passes=3)]
+    row = summarize(LoaderResult("fmashard", 0, runs), windows_per_track=7)
+    assert row["tracks_per_s"] == {"median": 20.0, "min": 10.0, "max": 40.0}
+    assert row["windows_per_s"]["median"] == 140.0 and row["mb_per_s"]["median"] == pytest.approx(4.0)
+    assert row["first_batch_s"]["median"] == pytest.approx(0.2)
+    assert row["cpu_s_per_track"] == pytest.approx({"median": 0.1, "min": 0.05, "max": 0.2})
+    assert row["peak_rss_mb"]["median"] == 4.0 and row["rss_added_mb"]["max"] == 4.0
+    assert row["tracks_per_s_rounds"] == [20.0, 40.0, 10.0] and row["passes_per_round"] == [1, 1, 3]
+
+
+def test_every_loader_name_has_a_runner():
+    from fmashard.bench.config import ALIASES, DEFAULT_LOADERS, LOADERS
+    from fmashard.bench.loaders import RUNNERS
+
+    assert set(RUNNERS) == set(LOADERS) and set(DEFAULT_LOADERS) <= set(LOADERS)
+    assert set(ALIASES.values()) <= set(LOADERS) and not set(ALIASES) & set(LOADERS)
+
+
+def test_old_loader_names_are_aliases_with_a_note():
+    from fmashard.bench.config import BenchConfig, resolve_loaders
+
+    loaders, notes = resolve_loaders(BenchConfig(shards="s", loaders=("wds-host", "raw", "wds", "wds-host-crc")))
+    assert loaders == ("fmashard-host", "raw", "fmashard", "fmashard-host-crc")
+    assert len(notes) == 1 and "wds-host, wds, wds-host-crc" in notes[0] and "fmashard-host" in notes[0]
+    assert resolve_loaders(BenchConfig(shards="s", loaders=("fmashard", "raw"))) == (("fmashard", "raw"), [])
+
+
+def test_the_default_loaders_leave_naive_mp3_out_without_fma_dir():
+    from fmashard.bench.config import DEFAULT_LOADERS, BenchConfig, resolve_loaders
+
+    loaders, notes = resolve_loaders(BenchConfig(shards="s", naive="f"))
+    assert loaders == tuple(n for n in DEFAULT_LOADERS if n != "naive-mp3") and "naive-mp3" in DEFAULT_LOADERS
+    assert len(notes) == 1 and "naive-mp3" in notes[0] and "--fma-dir" in notes[0]
+    assert resolve_loaders(BenchConfig(shards="s", naive="f", fma_dir="fma")) == (DEFAULT_LOADERS, [])
+
+
+def test_naive_mp3_asked_for_without_fma_dir_is_a_user_error(tmp_path):
+    from fmashard.bench.config import BenchConfig
+    from fmashard.bench.loaders import make_runners
+    from synth_shards import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path, [2], clip_samples=1000)
+    with pytest.raises(UserError, match="naive-mp3 needs --fma-dir"):
+        make_runners(BenchConfig(shards=str(tmp_path), loaders=("naive-mp3",)))
+    with pytest.raises(UserError, match="unknown fast"):
+        BenchConfig(shards=str(tmp_path), loaders=("raw", "fast"))
+
+
+@pytest.fixture(scope="module")
+def full_length(tmp_path_factory):
+    """A 4-track build of 30-s clips (what the default windows need) and its `--layout files` twin."""
+    from s3_server import write_files_layout
+    from synth_shards import VOCAB, write_synthetic_shards
+
+    root = tmp_path_factory.mktemp("full-length")
+    truth = write_synthetic_shards(root / "shards", [2, 2], clip_samples=661_500)
+    write_files_layout(root / "files", truth, VOCAB, 661_500)
+    return root
+
+
+def test_bench_with_naive_and_without_fma_dir_runs_its_default_loaders(full_length, tmp_path):
+    json_path = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "fmashard", "bench", "--shards", str(full_length / "shards"),
+                           "--naive", str(full_length / "files"), "--rounds", "1", "--min-seconds", "0",
+                           "--device", "cpu", "--json", str(json_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if "naive-mp3" in ln] == [
+        "naive-mp3 left out of the default loaders: it needs --fma-dir (the FMA folder the shards were built from)"]
+    report = json.loads(json_path.read_text())
+    assert report["config"]["loaders"] == ["naive", "fmashard-host", "fmashard", "raw"]
+    assert [r["loader"] for r in report["results"]] == ["naive", "fmashard-host", "fmashard", "raw"]
+    assert {r["tracks"] for r in report["results"]} == {4}
+
+
+def test_old_names_run_under_their_new_names(full_length):
+    from fmashard.bench.config import BenchConfig
+    from fmashard.bench.runner import run_bench
+
+    logs = []
+    report = run_bench(BenchConfig(shards=str(full_length / "shards"), loaders=("wds-host", "raw"), rounds=1,
+                                   min_seconds=0, device="cpu"), log=logs.append)
+    assert [r["loader"] for r in report["results"]] == ["fmashard-host", "raw"]
+    assert report["config"]["loaders"] == ["fmashard-host", "raw"]
+    assert logs[0] == "--loaders wds-host: now called fmashard-host (the old names go in the next release)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,10 +19,10 @@ import soundfile as sf
 import soxr
 
 from fmashard.cli import main
+from fmashard.format.tar import record_bytes
 from shard_tools.build import BuildConfig, ConfigError, build_shards
 from shard_tools.build_plan import plan_shards
 from shard_tools.fma_metadata import audio_path, load_selection
-from shard_tools.tar_writer import record_bytes
 
 RECORD = record_bytes(661500 * 2)
 SHARD_SIZE = str(4 * RECORD + 1024)  # 4 records per shard: several shards per split

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.train.checkpoint import (load_checkpoint, read_jsonl, rng_state, save_checkpoint, set_rng_state,
-                                 truncate_jsonl)
-from fmashard.errors import UserError
-from fmashard.train.loop import TrainConfig, train
+from fmashard.data.transforms import RandomCrop
+from fmashard.data.windows import WindowSpec
+from fmashard.errors import StorageError, UserError
+from fmashard.train import TrainConfig, train
+from fmashard.train.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    window_of,
+    window_record,
+)
+from fmashard.train.run_dir import read_jsonl, truncate_jsonl
 from synth_shards import write_synthetic_shards
 
 
@@ -56,8 +65,9 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="disk full") as err:   # one line naming the file
         save_checkpoint(path, {"step": 2})
+    assert str(path) in str(err.value)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -117,6 +127,17 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
+
+
+def test_window_record_keeps_its_keys_and_reads_back():
+    """The "window" entry keeps the keys it had when augmentations were WindowSpec flags."""
+    window = WindowSpec(window=2205, overlap=0.25, count=2)
+    record = window_record(window, [RandomCrop()])
+    assert record == {"window": 2205, "overlap": 0.25, "count": 2, "random_crop": True, "normalize": False}
+    assert window_record(window)["random_crop"] is False
+    assert window_of(record) == window and window_of({"window": 2205, "overlap": 0.25, "count": 2}) == window
+    with pytest.raises(TypeError):
+        window_of({"window": 2205, "bogus": 1})
 
 
 def test_truncate_jsonl_drops_steps_after_the_checkpoint_and_a_cut_line(tmp_path):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fmashard.errors import CorruptSampleError, UserError
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
-from fmashard.data.tarstream import PREAMBLE
+from fmashard.errors import CorruptSampleError, UserError
+from fmashard.format.tar import PREAMBLE
 from http_server import FolderServer
 from synth_shards import write_synthetic_shards
 from test_checkpoint import write_run_shards
@@ -101,9 +101,9 @@ def make_checkpoint(path: Path, shards: Path) -> Path:
 
     import torch
 
-    from fmashard.train.checkpoint import save_checkpoint
-    from fmashard.models import build_model
     from fmashard.data.windows import WindowSpec
+    from fmashard.models import build_model
+    from fmashard.train.checkpoint import save_checkpoint
 
     vocabulary = json.loads((shards / "manifest.json").read_text())["vocabulary"]
     window = WindowSpec(window=2205, count=2, overlap=0.25)
@@ -131,14 +131,15 @@ def test_cli_check_crc_stops_evaluate_and_train_in_one_line(tmp_path, cli_error)
 
 
 def test_bench_runs_the_host_path_with_and_without_the_check_side_by_side(corrupt):
-    from fmashard.bench.runner import BenchConfig, run_bench
+    from fmashard.bench.config import BenchConfig
+    from fmashard.bench.runner import run_bench
 
     root, truth, key = corrupt
     with pytest.raises(CorruptSampleError, match=f"key {key}"):      # the -crc variant does check
-        run_bench(BenchConfig(shards=str(root), loaders=("wds-host-crc",), rounds=1, min_seconds=0, device="cpu"),
+        run_bench(BenchConfig(shards=str(root), loaders=("fmashard-host-crc",), rounds=1, min_seconds=0, device="cpu"),
                   log=lambda msg: None)
     flip_audio_byte(root, "training/training-000001.tar", 2)        # flipped back: the build is intact
-    report = run_bench(BenchConfig(shards=str(root), loaders=("wds-host", "wds-host-crc"), rounds=1,
+    report = run_bench(BenchConfig(shards=str(root), loaders=("fmashard-host", "fmashard-host-crc"), rounds=1,
                                    min_seconds=0, device="cpu"), log=lambda msg: None)
     rows = {r["loader"]: r for r in report["results"]}
-    assert set(rows) == {"wds-host", "wds-host-crc"} and {r["tracks"] for r in rows.values()} == {len(truth)}
+    assert set(rows) == {"fmashard-host", "fmashard-host-crc"} and {r["tracks"] for r in rows.values()} == {len(truth)}

@@ -11,14 +11,16 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali (extra 'dali') is not installed")
 
-from fmashard import dali_loader  # noqa: E402
+from fmashard.data import dali  # noqa: E402
 from fmashard.data.dali import DaliLoader  # noqa: E402
 from fmashard.data.device import DeviceFeeder  # noqa: E402
-from fmashard.errors import UserError  # noqa: E402
 from fmashard.data.loader import LoaderConfig, ShardLoader  # noqa: E402
 from fmashard.data.sources import resolve_source  # noqa: E402
+from fmashard.data.transforms import NormalizeTracks, RandomCrop  # noqa: E402
 from fmashard.data.windows import WindowSpec, make_windows  # noqa: E402
-from shard_tools.tar_writer import ShardWriter, record_bytes  # noqa: E402
+from fmashard.errors import UserError  # noqa: E402
+from fmashard.format.tar import record_bytes  # noqa: E402
+from shard_tools.tar_writer import ShardWriter  # noqa: E402
 
 pytestmark = pytest.mark.dali
 
@@ -71,11 +73,11 @@ def build(tmp_path_factory):
     return out, write_build(out)
 
 
-def expected_windows(tracks, track_ids, spec: WindowSpec = WINDOWS):
+def expected_windows(tracks, track_ids, spec: WindowSpec = WINDOWS, transforms=()):
     """The torch path's decode/window stage over the same tracks."""
     audio = torch.stack([torch.from_numpy(tracks[t][1]) for t in track_ids])
     labels = torch.tensor([tracks[t][0] for t in track_ids])
-    return make_windows(audio, labels, spec, track_ids=torch.tensor(track_ids))
+    return make_windows(audio, labels, spec, track_ids=torch.tensor(track_ids), transforms=transforms)
 
 
 def collect(loader):
@@ -120,13 +122,28 @@ def test_same_batches_as_torch_loader(build):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
+def test_same_random_crops_as_torch_path(build):
+    """One definition of the crops: the same seed, epoch and batch index draw the same windows."""
+    out, _ = build
+    spec = resolve_source(out, "training")
+    crop = [RandomCrop()]
+    host = ShardLoader(spec, LoaderConfig(batch_size=3, shuffle=False, prefetch=0))
+    torch_path = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS, seed=4, transforms=crop))
+    dali_path = list(DaliLoader(spec, WINDOWS, batch_size=3, seed=4, transforms=crop))
+    fixed = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS))
+    assert len(torch_path) == len(dali_path) == 3
+    for a, b, f in zip(torch_path, dali_path, fixed):
+        assert torch.equal(a.windows, b.windows) and torch.equal(a.track_ids, b.track_ids)
+        assert not torch.equal(a.windows, f.windows)
+
+
 def test_shuffle_is_seeded_and_every_epoch_complete(build):
     out, tracks = build
     spec = resolve_source(out, "training")
     loaders = [DaliLoader(spec, WINDOWS, batch_size=3, shuffle=True, seed=5) for _ in range(2)]
     want = per_track(*expected_windows(tracks, list(tracks)))
     orders = []
-    for epoch in range(2):  # 8 tracks in batches of 3: a partial batch must not leak into the next epoch
+    for _ in range(2):  # 8 tracks in batches of 3: a partial batch must not leak into the next epoch
         (_, windows, labels, track_ids), (_, _, _, again) = (collect(loader) for loader in loaders)
         assert sorted(track_ids[:: WINDOWS.count].tolist()) == sorted(tracks)
         assert torch.equal(track_ids, again)  # same seed, same order
@@ -141,7 +158,7 @@ def test_shuffled_ranks_split_every_epoch(build):
     out, tracks = build
     spec = resolve_source(out, "training")
     loaders = [DaliLoader(spec, WINDOWS, batch_size=2, shuffle=True, seed=3, rank=r, world_size=3) for r in range(3)]
-    for epoch in range(2):
+    for _ in range(2):
         seen = [collect(loader)[3][:: WINDOWS.count].tolist() for loader in loaders]
         assert [len(s) for s in seen] == [loader.num_samples() for loader in loaders] == [2, 3, 3]
         assert sorted(sum(seen, [])) == sorted(tracks)
@@ -149,10 +166,11 @@ def test_shuffled_ranks_split_every_epoch(build):
 
 def test_two_epochs_and_normalize(build):
     out, tracks = build
-    spec = WindowSpec(window=1_000, overlap=0.25, count=3, normalize=True)
-    loader = DaliLoader(resolve_source(out, "training"), spec, batch_size=3)
+    normalize = [NormalizeTracks()]   # a transform on DALI's fixed windows: the torch path's code
+    loader = DaliLoader(resolve_source(out, "training"), WINDOWS, batch_size=3, transforms=normalize)
     first, second = collect(loader)[1:], collect(loader)[1:]  # the partial last batch ends epoch 1 cleanly
-    want = expected_windows(tracks, list(tracks), spec)
+    want = expected_windows(tracks, list(tracks), WINDOWS, normalize)
+    assert not torch.allclose(want[0], expected_windows(tracks, list(tracks))[0])   # it did something
     for got in (first, second):
         assert torch.allclose(got[0], want[0], atol=1e-6)
         assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
@@ -160,8 +178,9 @@ def test_two_epochs_and_normalize(build):
 
 def test_random_crop_windows_come_from_the_track(build):
     out, tracks = build
-    spec = WindowSpec(window=1_000, count=3, random_crop=True)
-    _, windows, labels, track_ids = collect(DaliLoader(resolve_source(out, "training"), spec, batch_size=3))
+    spec = WindowSpec(window=1_000, count=3)
+    _, windows, labels, track_ids = collect(DaliLoader(resolve_source(out, "training"), spec, batch_size=3,
+                                                       transforms=[RandomCrop()]))
     assert windows.shape == (len(tracks) * 3, 1, 1_000)
     for window, label, tid in zip(windows, labels, track_ids.tolist()):
         clip = torch.from_numpy(tracks[tid][1]).float() / 32768
@@ -186,7 +205,7 @@ def test_gpu_without_cuda_is_a_user_error(build, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError) as err:
         DaliLoader(resolve_source(out, "training"), WINDOWS, device="gpu")
-    assert str(err.value) == dali_loader.NO_CUDA and "\n" not in str(err.value)
+    assert str(err.value) == dali.NO_CUDA and "\n" not in str(err.value)
 
 
 def test_missing_index_is_named(tmp_path):
@@ -210,12 +229,12 @@ def test_remote_shards_are_a_user_error(build):
 def test_dali_missing_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(UserError) as err:
-        dali_loader.import_dali()
+        dali.import_dali()
     assert str(err.value) == "DALI is not installed: pip install 'fmashard[dali]' (nvidia-dali-cuda120)"
 
 
 def test_source_info_parsing():
-    assert dali_loader.shard_and_key("/d/x:y/training-000000.tar:2560:000002.pcm") == \
+    assert dali.shard_and_key("/d/x:y/training-000000.tar:2560:000002.pcm") == \
         ("/d/x:y/training-000000.tar", "000002")
-    assert dali_loader.shard_and_key("/s.tar:9:dir/a.b/000123.pcm") == ("/s.tar", "dir/a.b/000123")
-    assert dali_loader.track_id_of("dir/000123") == 123 and dali_loader.track_id_of("abc") == -1
+    assert dali.shard_and_key("/s.tar:9:dir/a.b/000123.pcm") == ("/s.tar", "dir/a.b/000123")
+    assert dali.track_id_of("dir/000123") == 123 and dali.track_id_of("abc") == -1

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shard_tools.demo_corpus import (GENRE_NAMES, TIMBRES, metadata_rows, plan_demo_tracks, render_clip,
-                                     write_genres_csv, write_track_audio, write_tracks_csv)
+from shard_tools.demo_corpus import (
+    GENRE_NAMES,
+    TIMBRES,
+    metadata_rows,
+    plan_demo_tracks,
+    render_clip,
+    write_genres_csv,
+    write_track_audio,
+    write_tracks_csv,
+)
 from shard_tools.fma_metadata import audio_path
 
 

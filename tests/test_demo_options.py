@@ -34,3 +34,14 @@ def test_demo_config_validates_on_construction():
         DemoConfig(out_dir="x", epochs=0)
     with pytest.raises(UserError, match="model"):
         DemoConfig(out_dir="x", model="nope")
+
+
+@pytest.mark.parametrize("training_tracks, batch_size", [(5, 5), (8, 8), (300, 8), (1, 2)])
+def test_demo_sizes_its_batch_by_the_training_split(training_tracks, batch_size):
+    """`demo --genres 1` has fewer training tracks than a batch of 8: with one window per track
+    (drop_last) a batch of 8 would take no step at all, so the demo uses smaller batches."""
+    from fmashard.demo import DemoConfig
+
+    config = DemoConfig(out_dir="x", genres=1).train_config("shards", "run", training_tracks)
+    assert config.batch_size == batch_size
+    assert config.windows == 1 and training_tracks < 2 or training_tracks // config.batch_size >= 1

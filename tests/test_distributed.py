@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmashard.train.checkpoint import load_checkpoint, read_jsonl
-from fmashard.train.distributed import (all_gather_int, all_reduce_sum, any_rank, broadcast_buffers, init_distributed)
+from fmashard.train.checkpoint import load_checkpoint
+from fmashard.train.distributed import all_gather_int, all_reduce_sum, any_rank, broadcast_buffers, init_distributed
+from fmashard.train.run_dir import read_jsonl
 from test_checkpoint import write_run_shards
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.train.checkpoint import save_checkpoint
-from fmashard.train.evaluate import EvaluateConfig, MetricTotals, evaluate_checkpoint, recalibrate_batchnorm
 from fmashard.data.loader import LoaderConfig, ShardLoader
-from fmashard.models import build_model
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
+from fmashard.models import build_model
+from fmashard.train.checkpoint import save_checkpoint
+from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint, recalibrate_batchnorm
+from fmashard.train.metrics import MetricTotals
 from test_checkpoint import write_run_shards
 
 

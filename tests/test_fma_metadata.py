@@ -9,8 +9,17 @@ import pytest
 
 from fmashard.errors import UserError
 from shard_tools.demo_corpus import GENRE_IDS, GENRE_NAMES
-from shard_tools.fma_metadata import (LIST_COLUMNS, SPLITS, TRACKS_COLUMNS, audio_path, label_vocabulary,
-                                      load_genres, load_selection, load_tracks, select_tracks)
+from shard_tools.fma_metadata import (
+    LIST_COLUMNS,
+    SPLITS,
+    TRACKS_COLUMNS,
+    audio_path,
+    label_vocabulary,
+    load_genres,
+    load_selection,
+    load_tracks,
+    select_tracks,
+)
 
 
 @pytest.fixture(scope="module")

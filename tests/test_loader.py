@@ -1,13 +1,12 @@
-import os
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from fmashard.errors import DataError, TruncatedShardError
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
+from fmashard.errors import DataError, TruncatedShardError
 from synth_shards import write_synthetic_shards
 
 COUNTS = [7, 3, 9, 1, 6, 5]   # uneven, so ranges start and end mid-shard
@@ -138,7 +137,7 @@ def test_a_data_error_in_a_dataloader_worker_reaches_the_caller_as_itself(shards
 
 
 def test_wrong_size_and_missing_member_are_named(tmp_path):
-    from shard_tools.tar_writer import member_header
+    from fmashard.format.tar import member_header
     truth = write_synthetic_shards(tmp_path, [3], clip_samples=1000)
     shard = tmp_path / "training" / "training-000000.tar"
     data = bytearray(shard.read_bytes())
@@ -194,7 +193,7 @@ def test_buffers_are_allocated_once_and_reused_in_every_later_epoch(shards):
     counts = []
     for epoch in range(4):
         loader.set_epoch(epoch)
-        for batch in loader:
+        for _batch in loader:
             pass
         counts.append(sum(len(v) for v in recycle._cache.values()))
     assert counts[1] == counts[2] == counts[3] <= 3 + 8      # pending buffers + what is in flight

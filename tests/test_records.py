@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from fmashard.errors import DataError
 from fmashard.data.records import LocalShard, ParallelReads
 from fmashard.data.sources import resolve_source
-from fmashard.data.tarstream import PREAMBLE
+from fmashard.errors import DataError
+from fmashard.format.tar import PREAMBLE
 from synth_shards import write_synthetic_shards
 
 CLIP = 1001   # odd sample count: every record has tar padding after its audio

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.bench.naive import NaiveFileDataset, naive_loader
+from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
 from s3_server import release_shared_server, shared_server, weed_binary, write_files_layout
@@ -179,7 +179,7 @@ def test_cli_build_verify_train_bench_over_s3_never_print_credentials(s3_env, ti
 
     # bench with --endpoint-url instead of AWS_ENDPOINT_URL
     no_endpoint = s3.env(endpoint=False)
-    bench = run_cli("bench", "--shards", f"{url}/manifest.json", "--loaders", "wds-host,raw", "--rounds", "1",
+    bench = run_cli("bench", "--shards", f"{url}/manifest.json", "--loaders", "fmashard-host,raw", "--rounds", "1",
                     "--device", "cpu", "--endpoint-url", s3.endpoint, env=no_endpoint)
     runs.append(bench)
     assert bench.returncode == 0, bench.stderr[-2000:]

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from fmashard import storage
-from fmashard.errors import AuthError, NotFoundError, StorageError, TruncatedShardError
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
+from fmashard.errors import AuthError, NotFoundError, StorageError, TruncatedShardError
 from s3_server import S3Server, release_shared_server, shared_server, weed_binary
 from synth_shards import write_synthetic_shards
 

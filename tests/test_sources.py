@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from fmashard.data.sources import resolve_source, spec_from_manifest
 from fmashard.errors import UserError
-from fmashard.data.sources import load_manifest, resolve_source, spec_from_manifest
+from fmashard.format.manifest import load_manifest
 
 SHARD = {"path": "training/training-000000.tar", "index": "training/training-000000.idx", "num_samples": 2,
          "num_bytes": 2 * 1325568 + 1024, "sha256": "0" * 64}
@@ -100,3 +101,17 @@ def test_unsupported_url_schemes_are_named(url):
         resolve_source(url)
     assert str(exc.value) == (f"{url}: unsupported URL scheme {scheme!r} "
                               "(supported: local paths, file://, http(s)://, s3://)")
+
+
+def test_an_unknown_codec_is_named(tmp_path):
+    url = write_manifest(tmp_path, codec="mulaw8")
+    with pytest.raises(UserError) as exc:
+        resolve_source(tmp_path)
+    assert str(exc.value) == f"{url}: codec 'mulaw8' is not one this fmashard reads (pcm16, f16)"
+
+
+def test_the_layout_follows_the_codec(tmp_path):
+    url = write_manifest(tmp_path, codec="f16")
+    spec = spec_from_manifest(url, "training")
+    assert (spec.codec, spec.audio_ext, spec.dtype, spec.sample_bytes) == ("f16", "f16", "float16", 1323000)
+    assert spec.fixed_layout and spec.num_samples == 2

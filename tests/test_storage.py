@@ -1,9 +1,9 @@
 import pytest
 
 from fmashard import storage
-from fmashard.errors import NotFoundError, StorageError
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
+from fmashard.errors import NotFoundError, StorageError
 from http_server import FolderServer
 from synth_shards import write_synthetic_shards
 
@@ -64,9 +64,9 @@ def test_local_stream_range_and_skip(tmp_path):
 
 
 def test_pipe_refusal_names_only_a_switch_that_exists(tmp_path):
-    from fmashard.errors import UserError
     from fmashard.data.loader import LoaderConfig
     from fmashard.data.sources import resolve_source
+    from fmashard.errors import UserError
 
     url = f"pipe:touch {tmp_path / 'ran'}"
     errors = []
@@ -81,9 +81,11 @@ def test_pipe_refusal_names_only_a_switch_that_exists(tmp_path):
 
 
 def test_a_mid_stream_pipe_open_is_refused_before_the_command_runs(tmp_path, monkeypatch):
+    from fmashard.storage import pipe
+
     started = []
-    real = storage.subprocess.Popen
-    monkeypatch.setattr(storage.subprocess, "Popen", lambda *a, **kw: started.append(a) or real(*a, **kw))
+    real = pipe.subprocess.Popen
+    monkeypatch.setattr(pipe.subprocess, "Popen", lambda *a, **kw: started.append(a) or real(*a, **kw))
     with pytest.raises(StorageError, match="cannot start mid-stream"):
         storage.open_stream(f"pipe:touch {tmp_path / 'ran'}", 100, allow_pipe=True)
     assert started == [] and not (tmp_path / "ran").exists()

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fmashard.format.tar import BLOCK, record_bytes, shard_bytes
 from shard_tools.build_config import parse_size
-from shard_tools.dali_index import index_of_tar
-from shard_tools.tar_writer import BLOCK, ShardWriter, member_header, record_bytes, shard_bytes
+from shard_tools.dali_index import group_members, index_of_tar
+from shard_tools.tar_writer import ShardWriter
 
 WDS2IDX = shutil.which("wds2idx") or str(Path(sys.executable).parent / "wds2idx")
 
@@ -28,21 +29,6 @@ def write_shard(folder: Path, n: int, sample_bytes: int = 1000, ext: str = "pcm"
     result = writer.commit()
     assert result.num_samples == n and result.keys[0] == "000100"
     return folder / f"{name}.tar"
-
-
-def test_record_bytes_formula():
-    assert record_bytes(1_323_000) == 1_325_568  # ARCHITECTURE.md, pcm16 661,500 samples
-    assert record_bytes(512) == 5 * 512 + 512
-    assert record_bytes(513) == 5 * 512 + 1024
-    assert shard_bytes(4, 1000) == 4 * record_bytes(1000) + 1024
-
-
-def test_header_is_deterministic_ustar():
-    header = member_header("000002.pcm", 1_323_000)
-    info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
-    assert len(header) == BLOCK and header[257:263] == b"ustar\x00"
-    assert (info.name, info.size, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname) == \
-        ("000002.pcm", 1_323_000, 0o644, 0, 0, 0, "", "")
 
 
 @pytest.mark.parametrize("sample_bytes,ext", [(1000, "pcm"), (1024, "f16"), (1, "pcm")])
@@ -104,6 +90,15 @@ def test_index_matches_tarfile_offsets(tmp_path):
         want = " ".join(f"{m.name.split('.')[1]} {m.offset_data} {m.size} {m.name}" for m in trio)
         assert line == want
     assert path.with_suffix(".idx").read_text() == index_of_tar(path)
+
+
+def test_index_groups_members_by_the_format_key_rule():
+    """Members group by key (the name up to the first dot of its last component), so a dot in a folder
+    name does not split a sample; names without an extension are their own key."""
+    names = ["v1.0/000001.cls", "v1.0/000001.json", "v1.0/000001.pcm", "v1.0/000002.cls", "README", ".hidden"]
+    samples = group_members((name, 512 * i, 1) for i, name in enumerate(names))
+    assert [[e[0] for e in s] for s in samples] == [["cls", "json", "pcm"], ["cls"], [""]]
+    assert samples[0][2] == ("pcm", 1024, 1, "v1.0/000001.pcm")
 
 
 def test_index_matches_wds2idx(tmp_path):

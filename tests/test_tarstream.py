@@ -5,9 +5,12 @@ import io
 import numpy as np
 import pytest
 
-from fmashard.errors import DamagedHeaderError, TruncatedShardError
-from fmashard.data.tarstream import PREAMBLE, RecordReader, padded
-from shard_tools.tar_writer import member_header, record_bytes
+from fmashard.data.sources import resolve_source
+from fmashard.data.tarstream import RecordReader
+from fmashard.errors import DamagedHeaderError, DataError, TruncatedShardError
+from fmashard.format.codecs import get_codec
+from fmashard.format.tar import PREAMBLE, member_header, padded, record_bytes
+from shard_tools.tar_writer import ShardWriter
 from synth_shards import write_synthetic_shards
 
 CLIP = 1001                      # odd: the audio member needs tar padding after it
@@ -103,3 +106,22 @@ def test_truncation_anywhere_in_a_record_is_named(tmp_path, cut, names_key):
     if names_key:
         assert f"key {key}" in str(err.value)
 
+
+
+@pytest.mark.parametrize("codec", ["pcm16", "f16"])
+def test_a_folder_of_tars_without_manifest_is_probed(tmp_path, codec):
+    info = get_codec(codec)
+    for name, count in (("a", 3), ("b", 2)):
+        writer = ShardWriter(tmp_path / f"{name}.tar", tmp_path / f"{name}.idx", info.ext, CLIP * info.bytes_per_sample)
+        for i in range(count):
+            writer.add(f"{i:06d}", 1, {"track_id": i}, bytes(CLIP * info.bytes_per_sample))
+        writer.commit()
+    spec = resolve_source(tmp_path)
+    assert (spec.codec, spec.clip_samples, spec.record_bytes) == (codec, CLIP, record_bytes(CLIP * 2))
+    assert [s.num_samples for s in spec.shards] == [3, 2]
+
+
+def test_a_tar_without_audio_is_not_an_fmashard_shard(tmp_path):
+    (tmp_path / "x.tar").write_bytes(member_header("000001.wav", 4) + bytes(512) + bytes(1024))
+    with pytest.raises(DataError, match="key 000001: first sample has no .pcm or .f16 member"):
+        resolve_source(str(tmp_path / "x.tar"))

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from conftest import run_fmashard
-from fmashard.train.checkpoint import load_checkpoint, read_jsonl, save_checkpoint
-from fmashard.train.evaluate import autocast_context
 from fmashard.models import build_model
-from fmashard.train.loop import ConfigError, TrainConfig, train, train_step
+from fmashard.train import ConfigError, TrainConfig, train
+from fmashard.train.checkpoint import load_checkpoint, save_checkpoint
+from fmashard.train.loop import train_step
+from fmashard.train.precision import autocast_context
+from fmashard.train.run_dir import read_jsonl
 from test_checkpoint import TINY, write_run_shards
 
 # The shortest window each model accepts (its convolutions and pools consume this much).
@@ -220,7 +222,7 @@ def test_bad_inputs_are_one_line_errors(tiny_shards, tmp_path, cli_error):
 
 def test_compile_failure_is_one_line():
     from fmashard.errors import UserError
-    from fmashard.train.loop import compile_guard
+    from fmashard.train.display import compile_guard
 
     with pytest.raises(UserError, match=r"--compile: torch.compile failed on this machine \(RuntimeError: no cc"):
         with compile_guard(True):
@@ -231,7 +233,7 @@ def test_compile_failure_is_one_line():
 
 
 def test_progress_bar_draws_on_a_terminal_and_stays_off_in_logs(capsys, monkeypatch):
-    from fmashard.train.loop import Progress
+    from fmashard.train.display import Progress
 
     config = TrainConfig(shards="x", out="y", progress=True)
     progress = Progress(config, main=True)

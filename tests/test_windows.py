@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fmashard.data.windows import WindowSpec, decode, make_windows, normalize_tracks
+from fmashard.data.transforms import RandomCrop
+from fmashard.data.windows import WindowSpec, decode, make_windows, samples_needed
 
 
 def pcm(batch, length, seed=0):
@@ -38,10 +39,10 @@ def test_windows_equal_slicing_the_waveform(batch, length, window, overlap, coun
 
 def test_random_crop_is_seeded_and_slices_real_windows():
     audio = pcm(2, 3_000)
-    spec = WindowSpec(window=500, count=4, random_crop=True)
-    w1, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7))
-    w2, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7))
-    w3, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(8))
+    spec, crop = WindowSpec(window=500, count=4), [RandomCrop()]
+    w1, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7), transforms=crop)
+    w2, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7), transforms=crop)
+    w3, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(8), transforms=crop)
     assert torch.equal(w1, w2) and not torch.equal(w1, w3)
     flat = audio.float() / 32768
     for i, win in enumerate(w1[:, 0]):
@@ -51,12 +52,11 @@ def test_random_crop_is_seeded_and_slices_real_windows():
 
 
 def test_too_short_clip_is_refused():
-    with pytest.raises(ValueError, match="shorter"):
-        make_windows(pcm(1, 1000), torch.zeros(1), WindowSpec(window=600, overlap=0.0, count=2))
-
-
-def test_normalize_tracks_zero_mean_unit_std():
-    windows, _ = make_windows(pcm(2, 4_000), torch.zeros(2), WindowSpec(window=1_000, overlap=0.0, count=4))
-    normed = normalize_tracks(windows, 4).reshape(2, -1)
-    assert torch.allclose(normed.mean(1), torch.zeros(2), atol=1e-4)
-    assert torch.allclose(normed.std(1), torch.ones(2), atol=1e-3)
+    spec = WindowSpec(window=600, overlap=0.0, count=2)
+    with pytest.raises(ValueError, match="shorter than 2 windows need"):
+        make_windows(pcm(1, 1000), torch.zeros(1), spec)
+    assert samples_needed(spec) == 1200 and samples_needed(spec, [RandomCrop()]) == 600
+    windows, _ = make_windows(pcm(1, 1000), torch.zeros(1), spec, torch.Generator(), transforms=[RandomCrop()])
+    assert windows.shape == (2, 1, 600)   # a crop needs one window's worth only
+    with pytest.raises(ValueError, match="shorter than one window"):
+        make_windows(pcm(1, 500), torch.zeros(1), spec, torch.Generator(), transforms=[RandomCrop()])

@@ -42,7 +42,7 @@ class DemoConfig:
 
     def train_config(self, shards: str, run_dir: str, training_tracks: int = 8):
         """Batches of 8 tracks, fewer when the training split is smaller (a tiny corpus must still train)."""
-        from fmashard.train.loop import TrainConfig
+        from fmashard.train import TrainConfig
 
         batch_size = max(2, min(8, training_tracks))
         return TrainConfig(shards=shards, out=run_dir, model=self.model, epochs=self.epochs, amp=True,
@@ -82,7 +82,7 @@ def build_both(config: DemoConfig, fma: Path, echo) -> tuple[Path, Path]:
 
 
 def train_small(config: DemoConfig, shards: Path, echo):
-    from fmashard.train.loop import train
+    from fmashard.train import train
 
     run_dir = Path(config.out_dir) / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -92,16 +92,18 @@ def train_small(config: DemoConfig, shards: Path, echo):
 
 
 def bench_short(config: DemoConfig, shards: Path, files: Path, fma: Path, echo) -> dict:
-    from fmashard.bench.runner import BenchConfig, run_bench
-    from fmashard.bench.report import print_table, write_json
+    from fmashard.bench.config import BenchConfig
+    from fmashard.bench.report import print_table
+    from fmashard.bench.runner import run_bench
+    from fmashard.storage import write_json
 
     report = run_bench(BenchConfig(shards=str(shards), naive=str(files), fma_dir=str(fma),
-                                   loaders=("naive-mp3", "naive", "wds-host", "wds", "raw"),
+                                   loaders=("naive-mp3", "naive", "fmashard-host", "fmashard", "raw"),
                                    rounds=config.bench_rounds, max_tracks=config.bench_tracks, seed=config.seed,
                                    min_seconds=0.5),
                        log=lambda msg: None)
     print_table(report)
-    write_json(report, str(Path(config.out_dir) / "bench.json"))
+    write_json(Path(config.out_dir) / "bench.json", report)
     return report
 
 
@@ -123,8 +125,9 @@ def run_demo(config: DemoConfig, echo=print) -> dict:
     rows = {(r["loader"], r["workers"]): r for r in report["results"]}
     chance = 1 / config.genres
     summary = {"val_track_acc": result.best_val_track_acc, "chance": chance,
-               "x_naive": rows[("wds", 0)].get("x_naive"), "x_naive_mp3": rows[("wds", 0)].get("x_naive_mp3"),
-               "host_x_naive": rows[("wds-host", 0)].get("x_naive"), "seconds": time.perf_counter() - started}
+               "x_naive": rows[("fmashard", 0)].get("x_naive"),
+               "x_naive_mp3": rows[("fmashard", 0)].get("x_naive_mp3"),
+               "host_x_naive": rows[("fmashard-host", 0)].get("x_naive"), "seconds": time.perf_counter() - started}
     acc = summary["val_track_acc"]
     echo(f"\nvalidation track accuracy (majority vote): {'n/a' if acc is None else f'{acc:.1%}'} "
          f"(chance {chance:.1%})")

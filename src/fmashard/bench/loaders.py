@@ -1,16 +1,35 @@
-"""The loaders `fmashard bench` runs, each as a callable that makes one timed pass over the tracks."""
+"""The loaders `fmashard bench` runs, each as a callable that makes one timed pass over the tracks.
+
+`RUNNERS` maps each loader name of `fmashard.bench.config.LOADERS` to the function that makes its pass."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
 from fmashard import storage
-from fmashard.bench.runner import BenchConfig, Run, default_device, timed
+from fmashard.bench.config import BenchConfig
+from fmashard.bench.naive import NaiveFileDataset, NaiveMp3Dataset, load_files_manifest, naive_loader
+from fmashard.bench.timing import Run, timed
 from fmashard.data.device import DeviceFeeder, resolve_device
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
+from fmashard.errors import UserError
+from fmashard.format.spec import DatasetSpec
+
+
+@dataclass
+class BenchData:
+    """What every pass of one bench shares: the shards, the device, the naive datasets, the track limit."""
+
+    config: BenchConfig
+    spec: DatasetSpec
+    device: torch.device
+    limit: int = 0
+    datasets: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)   # mean bytes per track of each naive dataset
 
 
 def raw_read(spec, limit: int) -> Run:
@@ -36,7 +55,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def wds_pass(spec, config: BenchConfig, workers: int, device, full: bool, limit: int, check_crc: bool = False) -> Run:
+def fmashard_pass(spec, config: BenchConfig, workers: int, device, full: bool, limit: int,
+                  check_crc: bool = False) -> Run:
+    """fmashard's loader: the host path (`full=False`: collated int16 batches) or the full path to
+    float windows on the device."""
     loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, num_workers=workers, seed=config.seed,
                                             check_crc=check_crc))
     if not full:
@@ -56,8 +78,6 @@ def dali_pass(spec, config: BenchConfig, device, limit: int) -> Run:
 
 
 def naive_pass(dataset, config: BenchConfig, workers: int, device, bytes_per_track: int, limit: int) -> Run:
-    from fmashard.bench.naive import naive_loader
-
     def to_device(loader):
         for windows, labels in loader:
             yield [w.to(device, non_blocking=True) for w in windows], labels.to(device)
@@ -65,53 +85,60 @@ def naive_pass(dataset, config: BenchConfig, workers: int, device, bytes_per_tra
     return timed(to_device(loader), lambda b: len(b[1]), bytes_per_track, limit)
 
 
+def _naive(name: str, data: BenchData, workers: int):
+    return partial(naive_pass, data.datasets[name], data.config, workers, data.device, data.sizes[name], data.limit)
+
+
+RUNNERS = {
+    "raw": lambda data, workers: partial(raw_read, data.spec, data.limit),
+    "fmashard-host": lambda data, workers: partial(fmashard_pass, data.spec, data.config, workers, data.device,
+                                                   False, data.limit),
+    "fmashard-host-crc": lambda data, workers: partial(fmashard_pass, data.spec, data.config, workers, data.device,
+                                                       False, data.limit, check_crc=True),
+    "fmashard": lambda data, workers: partial(fmashard_pass, data.spec, data.config, workers, data.device, True,
+                                              data.limit),
+    "dali": lambda data, workers: partial(dali_pass, data.spec, data.config, data.device, data.limit),
+    "naive": partial(_naive, "naive"),
+    "naive-mp3": partial(_naive, "naive-mp3"),
+}
+
+
 def _mean_size(urls: list[str]) -> int:
     sample = urls[:16]
     return int(sum(storage.object_size(u) for u in sample) / max(1, len(sample)))
 
 
-def make_runners(config: BenchConfig) -> dict:
-    """{(loader, workers): callable() -> Run}, all limited to the same number of tracks."""
-    from fmashard.bench.naive import NaiveFileDataset, load_files_manifest
-
-    spec = resolve_source(config.shards, config.split)
-    device = resolve_device(config.device) if config.device != "auto" else default_device()
-    counts, datasets, sizes = [spec.num_samples], {}, {}
+def load_bench_data(config: BenchConfig) -> BenchData:
+    """The shards, the naive datasets asked for, and the track limit every loader stops at."""
+    data = BenchData(config, resolve_source(config.shards, config.split), resolve_device(config.device))
+    counts = [data.spec.num_samples]
     if "naive" in config.loaders:
-        datasets["naive"] = NaiveFileDataset(config.naive, config.split)
+        data.datasets["naive"] = NaiveFileDataset(config.naive, config.split)
         _, base = load_files_manifest(config.naive)
-        sizes["naive"] = _mean_size([storage.join_url(base, f["path"]) for f in datasets["naive"].files])
-        counts.append(len(datasets["naive"]))
+        data.sizes["naive"] = _mean_size([storage.join_url(base, f["path"]) for f in data.datasets["naive"].files])
+        counts.append(len(data.datasets["naive"]))
     if "naive-mp3" in config.loaders:
-        datasets["naive-mp3"] = mp3_dataset(config, spec)
-        sizes["naive-mp3"] = _mean_size([str(p) for p, _ in datasets["naive-mp3"].tracks])
-        counts.append(len(datasets["naive-mp3"]))
-    limit = min(counts + ([config.max_tracks] if config.max_tracks else []))
-    runners = {}
-    for name in config.loaders:
-        for workers in (config.workers if name not in ("raw",) else (0,)):
-            if name == "raw":
-                runners[(name, 0)] = partial(raw_read, spec, limit)
-            elif name in ("wds", "wds-host", "wds-host-crc"):
-                runners[(name, workers)] = partial(wds_pass, spec, config, workers, device, name == "wds", limit,
-                                                   check_crc=name == "wds-host-crc")
-            elif name == "dali":
-                runners[(name, workers)] = partial(dali_pass, spec, config, device, limit)
-            else:
-                runners[(name, workers)] = partial(naive_pass, datasets[name], config, workers, device,
-                                                   sizes[name], limit)
-    return runners
+        data.datasets["naive-mp3"] = mp3_dataset(config, data.spec)
+        data.sizes["naive-mp3"] = _mean_size([str(p) for p, _ in data.datasets["naive-mp3"].tracks])
+        counts.append(len(data.datasets["naive-mp3"]))
+    data.limit = min(counts + ([config.max_tracks] if config.max_tracks else []))
+    return data
 
 
-def mp3_dataset(config: BenchConfig, spec):
-    from fmashard.errors import UserError
-    from fmashard.bench.naive import NaiveMp3Dataset
+def make_runners(config: BenchConfig) -> dict:
+    """{(loader, workers): callable() -> Run}, all limited to the same number of tracks.  `config.loaders`
+    holds current names (`fmashard.bench.config.with_resolved_loaders`)."""
+    data = load_bench_data(config)
+    return {(name, workers): RUNNERS[name](data, workers)
+            for name in config.loaders
+            for workers in (config.workers if name != "raw" else (0,))}
 
-    manifest = spec.manifest or {}
-    fma_dir = config.fma_dir or (manifest.get("params") or {}).get("fma_dir")
-    if not fma_dir:
+
+def mp3_dataset(config: BenchConfig, spec) -> NaiveMp3Dataset:
+    if not config.fma_dir:
         raise UserError("--loaders naive-mp3 needs --fma-dir (the FMA folder the shards were built from)")
+    manifest = spec.manifest or {}
     params = manifest.get("params") or {}
     skipped = {s["track_id"] for s in manifest.get("skipped", [])}
-    return NaiveMp3Dataset(fma_dir, params.get("subset", "small"), config.split,
+    return NaiveMp3Dataset(config.fma_dir, params.get("subset", "small"), config.split,
                            sample_rate=int(manifest.get("sample_rate", 22050)), exclude=skipped)

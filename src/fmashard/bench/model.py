@@ -7,10 +7,11 @@ from contextlib import nullcontext
 
 import torch
 
-from fmashard.data.device import DeviceFeeder
+from fmashard.data.device import DeviceFeeder, resolve_device
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
+from fmashard.models import build_model
 
 
 def _step_fn(model, device, amp: bool):
@@ -44,10 +45,7 @@ def _timed_steps(batches, step, steps: int, device) -> float:
 
 
 def model_throughput(config) -> dict:
-    from fmashard.bench.runner import default_device
-    from fmashard.models import build_model
-
-    device = default_device() if config.device == "auto" else torch.device(config.device)
+    device = resolve_device(config.device)
     spec = resolve_source(config.shards, config.split)
     windows = WindowSpec()
     model = build_model(config.with_model, len(spec.vocabulary or ()) or 8, windows.window).to(device)

@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fmashard import storage
-from fmashard.errors import UserError
 from fmashard.data.windows import WindowSpec
+from fmashard.errors import UserError
+from fmashard.format.manifest import load_manifest, manifest_url
 
 
 def python_windows(waveform: torch.Tensor, spec: WindowSpec) -> list[torch.Tensor]:
@@ -40,10 +41,7 @@ def one_hot(label: int, num_classes: int) -> torch.Tensor:
 
 
 def load_files_manifest(source: str) -> tuple[dict, str]:
-    from fmashard.data.sources import load_manifest
-
-    source = storage.check_scheme(str(source))
-    url = source if source.endswith(".json") else storage.join_url(source, "manifest.json")
+    url = manifest_url(storage.check_scheme(str(source)))
     manifest = load_manifest(url)  # format, format_version, paths inside its folder
     if manifest.get("layout") != "files":
         raise UserError(f"{url}: the naive loader needs a `fmashard build --layout files` output")

@@ -2,7 +2,6 @@
 and the bar chart."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -10,7 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "numpy", "webdataset", "soundfile", "soxr", "boto3", "nvidia-dali-cuda120")
+PACKAGES = ("torch", "numpy", "soundfile", "soxr", "boto3", "nvidia-dali-cuda120")
 
 
 def _cpu_model() -> str:
@@ -48,7 +47,8 @@ def environment() -> dict:
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "commit": commit(),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+                    "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "platform": platform.platform(), "python": platform.python_version()},
         "versions": versions,
@@ -58,6 +58,14 @@ def environment() -> dict:
 
 def fmt(stat: dict, digits: int = 0) -> str:
     return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
+
+
+def _ratio(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "—"
+
+
+def _median(row: dict, key: str, digits: int = 0) -> str:
+    return f"{row[key]['median']:.{digits}f}"
 
 
 def print_table(report: dict, console=None) -> None:
@@ -71,11 +79,10 @@ def print_table(report: dict, console=None) -> None:
                 "RSS added MB", "× naive", "× naive-mp3", "of raw"):
         table.add_column(col, justify="left" if col == "loader" else "right")
     for row in report["results"]:
-        ratio = lambda key: f"{row[key]:.2f}" if key in row else "—"  # noqa: E731
-        med = lambda key, d=0: f"{row[key]['median']:.{d}f}"  # noqa: E731
-        table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), med("windows_per_s"),
-                      med("mb_per_s"), med("first_batch_s", 3), f"{row['cpu_s_per_track']['median'] * 1e3:.1f}",
-                      med("rss_added_mb"), ratio("x_naive"), ratio("x_naive_mp3"),
+        table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), _median(row, "windows_per_s"),
+                      _median(row, "mb_per_s"), _median(row, "first_batch_s", 3),
+                      f"{row['cpu_s_per_track']['median'] * 1e3:.1f}", _median(row, "rss_added_mb"),
+                      _ratio(row, "x_naive"), _ratio(row, "x_naive_mp3"),
                       f"{row['share_of_raw']:.0%}" if "share_of_raw" in row else "—")
     console.print(table)
     model = report.get("model")
@@ -86,14 +93,6 @@ def print_table(report: dict, console=None) -> None:
     env = report["environment"]
     console.print(f"machine: {env['machine']['cpu']}, {env['machine']['cores']} cores, "
                   f"{env['machine']['ram_gb']} GB; commit {env['commit']}; command: {env['command']}")
-
-
-def write_json(report: dict, path: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def plot(report: dict, path: str) -> str:

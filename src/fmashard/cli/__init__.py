@@ -13,6 +13,21 @@ try:  # typer >= 0.22 carries its own copy of click
 except ImportError:  # pragma: no cover - older typer, on click itself
     from click import exceptions as _click
 
+
+def _show_flags_as_flags() -> None:
+    """typer's rich help prints a value type after every option, `--amp <bool>` and `--help <bool>` too,
+    though a flag takes no value: show flags bare, as its plain help does."""
+    option = getattr(typer.core, "TyperOption", None)
+    display_type = getattr(option, "display_type_rich", None)
+    if display_type is None:  # a typer that does not print types
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else display_type(self, ctx)
+    option.display_type_rich = display_type_rich
+
+
+_show_flags_as_flags()
 app = typer.Typer(
     help="fmashard: FMA audio -> WebDataset shards -> GPU training that never waits for data.",
     no_args_is_help=True,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -28,7 +27,7 @@ def demo_data(
 def fma_info(
     fma_dir: Path = typer.Argument(..., help="FMA folder holding fma_metadata/tracks.csv."),
     subset: str = typer.Option("small", help="FMA subset: small, medium or large."),
-    split: Optional[List[str]] = typer.Option(None, help="Split to select (repeatable); default all."),
+    split: list[str] | None = typer.Option(None, help="Split to select (repeatable); default all."),
 ) -> None:
     """Show which tracks a build would select: counts per split, vocabulary, exclusions."""
     from shard_tools.fma_metadata import SPLITS, load_selection

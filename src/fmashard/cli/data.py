@@ -1,9 +1,11 @@
 """`fmashard build` and `fmashard verify`: thin wrappers over shard_tools.build / shard_tools.verify."""
-from typing import Optional
 
 import typer
 
 from fmashard.cli import app
+from fmashard.format.codecs import CODECS, SHARD_CODECS
+
+CODEC_CHOICES = " or ".join(f"{name} ({CODECS[name].dtype})" for name in SHARD_CODECS)
 
 
 @app.command("build")
@@ -11,9 +13,9 @@ def build(
     fma_dir: str = typer.Option(..., "--fma-dir", help="FMA folder holding fma_metadata/ and fma_<subset>/."),
     out: str = typer.Option(..., "--out", help="Output folder or s3://bucket/prefix."),
     subset: str = typer.Option("small", help="FMA subset: small, medium or large."),
-    workers: Optional[int] = typer.Option(None, help="Decode processes (default: all CPU cores)."),
+    workers: int | None = typer.Option(None, help="Decode processes (default: all CPU cores)."),
     shard_size: str = typer.Option("256MB", help="Maximum shard size: 256MB, 64MiB, 4096... (MB = 2**20 bytes)."),
-    codec: str = typer.Option("pcm16", help="Audio stored as pcm16 (int16) or f16 (float16)."),
+    codec: str = typer.Option("pcm16", help=f"Audio stored as {CODEC_CHOICES}."),
     clip_seconds: float = typer.Option(30.0, help="Clip length: longer tracks are cut, shorter zero-padded."),
     sample_rate: int = typer.Option(22050, help="Target sample rate (soxr HQ resampling)."),
     min_seconds: float = typer.Option(27.5, help="Tracks shorter than this are skipped (listed in the manifest)."),

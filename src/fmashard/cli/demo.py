@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from typing import Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from fmashard.cli import app
 
 @app.command("demo")
 def demo_command(
-    out_dir: Optional[str] = typer.Argument(None, help="Folder for the demo (default: a temporary folder)."),
+    out_dir: str | None = typer.Argument(None, help="Folder for the demo (default: a temporary folder)."),
     genres: int = typer.Option(8, "--genres", help="Genres in the generated corpus (1-8)."),
     tracks_per_genre: int = typer.Option(12, "--tracks-per-genre", help="Tracks per genre (>= 10)."),
     epochs: int = typer.Option(2, "--epochs", help="Training epochs."),

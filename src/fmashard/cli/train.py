@@ -2,7 +2,6 @@
 
 Under `torchrun --nproc-per-node N -m fmashard train ...` the same command trains with DDP."""
 import os
-from typing import Optional
 
 import typer
 
@@ -32,19 +31,21 @@ def train(
     shuffle_buffer: int = typer.Option(64, help="Samples in the loader's shuffle buffer."),
     precise_bn: int = typer.Option(0, help="Re-estimate BatchNorm statistics on N training batches before each "
                                            "validation (short runs; 0: off)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (whole run)."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps (whole run)."),
     checkpoint_every: int = typer.Option(200, help="Steps between mid-epoch last.pt saves (0: epoch ends only)."),
     on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
     check_crc: bool = typer.Option(False, "--check-crc", help="Check each sample's audio against the crc32 the "
                                    "build recorded (untrusted or flaky storage); a mismatch is a corrupt sample."),
-    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
+    endpoint_url: str | None = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     log_batches: bool = typer.Option(False, "--log-batches", help="Write RUN_DIR/steps.jsonl (track ids per step)."),
 ) -> None:
     """Train a waveform genre classifier on the shards: one optimizer step per batch of tracks."""
-    if endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    from fmashard.train.loop import TrainConfig, train as run_training
+    from fmashard.storage import set_endpoint_url
+    from fmashard.train import TrainConfig
+    from fmashard.train import train as run_training
+
+    set_endpoint_url(endpoint_url)
 
     config = TrainConfig(shards=shards, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
                          amp_dtype=amp_dtype, device=device, workers=workers, read_threads=read_threads,
@@ -64,21 +65,22 @@ def evaluate(
     checkpoint: str = typer.Option(..., "--checkpoint", help="A last.pt or best.pt of `fmashard train`."),
     shards: str = typer.Option(..., "--shards", help="Manifest, build folder or URL of the shards."),
     split: str = typer.Option("test", help="Split to evaluate: test, validation or training."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the metrics and confusion matrix "
-                                                          "(default: the checkpoint's folder)."),
+    out: str | None = typer.Option(None, "--out", help="Folder for the metrics and confusion matrix "
+                                                      "(default: the checkpoint's folder)."),
     batch_size: int = typer.Option(8, help="Tracks per forward pass."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: as trained)."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: as trained)."),
     on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
     check_crc: bool = typer.Option(False, "--check-crc", help="Check each sample's audio against the crc32 the "
                                    "build recorded (untrusted or flaky storage); a mismatch is a corrupt sample."),
-    endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
+    endpoint_url: str | None = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
 ) -> None:
     """Loss, window accuracy, track accuracy (majority vote, mean logits) and a confusion matrix (JSON, PNG)."""
-    if endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint
+    from fmashard.storage import set_endpoint_url
+    from fmashard.train import EvaluateConfig, evaluate_checkpoint
+
+    set_endpoint_url(endpoint_url)
 
     config = EvaluateConfig(checkpoint=checkpoint, shards=shards, split=split, out=out, batch_size=batch_size,
                             device=device, workers=workers, amp=amp, on_error=on_error, check_crc=check_crc,

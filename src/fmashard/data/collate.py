@@ -12,9 +12,14 @@ import numpy as np
 import torch
 
 from fmashard.data import recycle
-from fmashard.data.sources import DatasetSpec
+from fmashard.format.spec import DatasetSpec
 
 ROW_ALIGN = 64   # bytes: each batch row starts on a cache line (see BatchBuffers)
+
+# A batch's meta rows: one int64 row per slot, its columns named here (the reader fills a slot's row as
+# `meta[LABEL], meta[TRACK_ID], meta[VALID] = label, track_id, 1`; a slot left VALID 0 was skipped).
+META_COLUMNS = ("label", "track_id", "valid")
+LABEL, TRACK_ID, VALID = range(len(META_COLUMNS))
 
 
 @dataclass
@@ -74,7 +79,7 @@ class BatchBuffers:
         live = self.live.get(buffer)
         if live is None:
             audio = self._allocate()
-            meta = np.zeros((self.batch_size, 3), dtype=np.int64)  # label, track id, valid
+            meta = np.zeros((self.batch_size, len(META_COLUMNS)), dtype=np.int64)
             live = self.live[buffer] = (audio, meta, audio.view(torch.uint8).numpy()[:, : self.spec.sample_bytes])
         return live[2][slot], live[1][slot]
 
@@ -84,9 +89,10 @@ class BatchBuffers:
 
 
 def finish_batch(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
-    """A HostBatch from a filled buffer and its meta rows (label, track id, valid); rows whose
-    sample was skipped are left out."""
-    valid = meta[:, 2].astype(bool)
+    """A HostBatch from a filled buffer and its meta rows (META_COLUMNS); rows whose sample was
+    skipped (VALID 0) are left out."""
+    valid = meta[:, VALID].astype(bool)
     if not valid.all():
         audio, meta = audio[torch.from_numpy(valid)], meta[valid]
-    return HostBatch(audio, torch.from_numpy(meta[:, 0].copy()), torch.from_numpy(meta[:, 1].copy()), skipped)
+    return HostBatch(audio, torch.from_numpy(meta[:, LABEL].copy()), torch.from_numpy(meta[:, TRACK_ID].copy()),
+                     skipped)

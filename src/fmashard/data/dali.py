@@ -6,8 +6,9 @@ with the same shapes, dtypes and values as the torch path (`ShardLoader` -> `Dev
       -> W fixed-hop slices, stacked -> cast to float32, x 1/32768 for pcm16     [inside DALI, .gpu() on GPU]
       -> DALIGenericIterator -> (B, W, L) -> (B*W, 1, L); labels and track ids parsed on the host (B per batch)
 
-Random crops and per-track normalisation run on the DALI output with the `fmashard.data.windows` torch
-functions, so they stay the same code as the torch path.  DALI shuffles with its own reader (a buffer of
+The `transforms` (`fmashard.data.transforms`) run on the DALI output through the same code as the torch
+path (`fmashard.data.windows.finish_windows`; with a crop, the pipeline hands out whole clips and
+`make_windows` cuts them), seeded per (seed, epoch, batch index) alike.  DALI shuffles with its own reader (a buffer of
 `initial_fill` samples, shard order reshuffled every epoch); it has no exact resume.
 """
 from __future__ import annotations
@@ -19,9 +20,11 @@ import torch
 
 from fmashard import storage
 from fmashard.data.device import DeviceBatch
+from fmashard.data.transforms import batch_generator
+from fmashard.data.windows import WindowSpec, cropper, finish_windows, make_windows, samples_needed
 from fmashard.errors import CorruptSampleError, UserError
-from fmashard.data.sources import DatasetSpec
-from fmashard.data.windows import PCM16_SCALE, WindowSpec, make_windows, normalize_tracks
+from fmashard.format.codecs import PCM16_SCALE
+from fmashard.format.spec import DatasetSpec
 
 READER_NAME = "Reader"
 SHUFFLE_BUFFER = 1024
@@ -47,9 +50,9 @@ def local_shards(spec: DatasetSpec) -> tuple[list[str], list[str]]:
     """(tar paths, idx paths); DALI's reader opens local files only, and every shard needs its index."""
     tars, indexes = [], []
     for shard in spec.shards:
-        if storage.scheme_of(shard.url) != "local" and not shard.url.startswith("file://"):
-            raise UserError(f"{shard.url}: the DALI loader needs local shards (download them, or use loader='torch')")
         tar = storage.local_path(shard.url)
+        if tar is None:
+            raise UserError(f"{shard.url}: the DALI loader needs local shards (download them, or use loader='torch')")
         idx = Path(index_url(str(tar)))
         if not idx.is_file():
             raise UserError(f"{idx}: DALI index missing for {tar.name}; rebuild the shards with `fmashard build` "
@@ -93,21 +96,23 @@ class DaliLoader:
     for epoch in range(epochs):
         for batch in loader: ...        # one epoch per loop; the last batch may be partial
 
-    `rank`/`world_size` split the samples into contiguous ranges (DALI's `shard_id`/`num_shards`)."""
+    `rank`/`world_size` split the samples into contiguous ranges (DALI's `shard_id`/`num_shards`);
+    `transforms` as for `DeviceFeeder`."""
 
     def __init__(self, spec: DatasetSpec, window_spec: WindowSpec = WindowSpec(), batch_size: int = 8,
                  device: str = "cpu", shuffle: bool = False, seed: int = 0, num_threads: int = 2,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, transforms=()):
         if device not in ("cpu", "gpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
         if batch_size < 1 or num_threads < 1:
             raise ValueError(f"batch_size and num_threads must be >= 1, got {batch_size}, {num_threads}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        length = spec.clip_samples
-        if length < window_spec.window or (length < window_spec.span() and not window_spec.random_crop):
-            need = window_spec.window if window_spec.random_crop else window_spec.span()
-            raise ValueError(f"clips of {length} samples are shorter than {window_spec.count} windows need ({need})")
+        self.transforms = tuple(transforms)
+        need = samples_needed(window_spec, self.transforms)
+        if spec.clip_samples < need:
+            raise ValueError(f"clips of {spec.clip_samples} samples are shorter than {window_spec.count} windows "
+                             f"need ({need})")
         self.dali, self.dali_torch = import_dali()
         self.gpu = device != "cpu"
         if self.gpu and not torch.cuda.is_available():
@@ -131,6 +136,7 @@ class DaliLoader:
         dali, fn, types = self.dali, self.dali.fn, self.dali.types
         spec, ws = self.spec, self.window_spec
         audio_type = types.INT16 if spec.dtype == "int16" else types.FLOAT16
+        cropped = cropper(self.transforms) is not None
         shard_shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": self.seed} if self.shuffle else {}
 
         # pad_last_batch: the reader pads a partial last batch (the iterator trims it) and starts the next
@@ -148,7 +154,7 @@ class DaliLoader:
             info = fn.pad(fn.get_property(audio, key="source_info"), fill_value=0)
             if self.gpu:
                 audio = audio.gpu()
-            if ws.random_crop:  # whole clip out; the crops are drawn by fmashard.data.windows
+            if cropped:  # whole clip out; the crops are drawn by fmashard.data.windows
                 clips = audio
             else:  # (W, L): W fixed-hop slices of the raw samples
                 clips = fn.stack(*[audio[k * ws.hop: k * ws.hop + ws.window] for k in range(ws.count)])
@@ -173,15 +179,13 @@ class DaliLoader:
         track_ids = torch.tensor([track_id_of(shard_and_key(info)[1]) for info in infos], dtype=torch.int64)
         labels, track_ids = labels.to(self.device), track_ids.to(self.device)
         audio, ws, count = out["audio"], self.window_spec, len(infos)
-        if ws.random_crop:
-            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
-            windows, labels, track_ids = make_windows(audio, labels, ws, generator, track_ids)
-        else:
-            windows = audio.reshape(count * ws.count, ws.window)
-            if ws.normalize:
-                windows = normalize_tracks(windows, ws.count)
-            windows = windows.unsqueeze(1)
-            labels, track_ids = labels.repeat_interleave(ws.count), track_ids.repeat_interleave(ws.count)
+        generator = batch_generator(self.seed, self.epoch, index) if self.transforms else None
+        if cropper(self.transforms) is not None:   # whole clips: cut (and transformed) as on the torch path
+            windows, labels, track_ids = make_windows(audio, labels, ws, generator, track_ids,
+                                                      transforms=self.transforms)
+        else:                                      # fixed windows cut by DALI: transformed as on the torch path
+            windows, labels, track_ids = finish_windows(audio.reshape(count * ws.count, ws.window), labels, ws,
+                                                        generator, track_ids, self.transforms)
         return DeviceBatch(windows, labels, track_ids, count)
 
     def __iter__(self):

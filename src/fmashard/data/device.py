@@ -2,7 +2,8 @@
 
 On CUDA the raw int16 batch (pinned by the loader) is copied with `non_blocking=True` on a side stream
 while the current batch computes; the compute stream waits on an event before decoding it.  On CPU the
-same code runs without streams.  Decoding and windowing happen on the device (`fmashard.data.windows`).
+same code runs without streams.  Decoding and windowing happen on the device (`fmashard.data.windows`),
+then the `transforms` (augmentations, `fmashard.data.transforms`: training passes them, evaluation none).
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fmashard.errors import UserError
 from fmashard.data import recycle
+from fmashard.data.transforms import batch_generator
 from fmashard.data.windows import WindowSpec, make_windows
+from fmashard.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -36,12 +38,14 @@ class DeviceBatch:
 class DeviceFeeder:
     """Iterate `DeviceBatch`es from an iterable of `HostBatch`es, one batch prefetched to the device.
 
-    `seed` and the batch index seed the random crops, so a resumed run crops exactly as before."""
+    `transforms` run in order on every batch (none: the fixed windows of `spec`); `seed`, `epoch` and the
+    batch index seed their draws (`batch_generator`), so a resumed run crops exactly as before."""
 
     def __init__(self, host_batches, device: torch.device, spec: WindowSpec = WindowSpec(),
-                 seed: int = 0, epoch: int = 0, start_index: int = 0):
+                 seed: int = 0, epoch: int = 0, start_index: int = 0, transforms=()):
         self.host_batches, self.device, self.spec = host_batches, device, spec
         self.seed, self.epoch, self.start_index = seed, epoch, start_index
+        self.transforms = tuple(transforms)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.rows = 0   # the largest batch seen (CPU window buffers are cached at that size)
@@ -62,15 +66,13 @@ class DeviceFeeder:
             torch.cuda.current_stream(self.device).wait_event(event)
             for t in (audio, labels, track_ids):  # the allocator must not reuse these too early
                 t.record_stream(torch.cuda.current_stream(self.device))
-        generator = None
-        if self.spec.random_crop:
-            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
+        generator = batch_generator(self.seed, self.epoch, index) if self.transforms else None
         out = None   # CUDA's caching allocator reuses device memory; on the CPU, fmashard.data.recycle does
         if not self.cuda:    # (a short last batch takes the front of a full-size buffer: one shape cached)
             self.rows = max(self.rows, audio.shape[0])
             full = recycle.empty((self.rows * self.spec.count, self.spec.window), torch.float32, keep=4)
             out = full[: audio.shape[0] * self.spec.count]
-        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out)
+        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out, self.transforms)
         return DeviceBatch(windows, labels, track_ids, audio.shape[0])
 
     def __iter__(self):

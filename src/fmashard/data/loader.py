@@ -1,9 +1,10 @@
 """Samples stage: `ShardLoader` turns a `DatasetSpec` into host batches of raw audio.
 
 Each batch is one `(B, clip_samples)` int16 (or float16) view of a dense buffer with 64-byte rows
-(`fmashard.data.collate`) — pinned when CUDA is present — with labels and track ids.  No float conversion or windowing happens here: that is the
-device stage's job.  The loader knows its exact length per epoch, splits work over ranks and
-DataLoader workers, and has `state_dict()` / `load_state_dict()` for exact mid-epoch resume.
+(`fmashard.data.collate`) — pinned when CUDA is present — with labels and track ids.  No float
+conversion or windowing happens here: that is the device stage's job.  The loader knows its exact
+length per epoch, splits work over ranks and DataLoader workers, and has `state_dict()` /
+`load_state_dict()` for exact mid-epoch resume.
 """
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
-from fmashard.data.collate import BatchBuffers, finish_batch
-from fmashard.errors import DataError, ErrorPolicy, StorageError, UserError, log
+from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers, finish_batch
 from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.data.records import LocalShard, ParallelReads, is_local, iter_stream_records, stream_records
-from fmashard.data.sources import DatasetSpec
-from fmashard.data.tarstream import PREAMBLE, padded
-
+from fmashard.data.records import LocalShard, ParallelReads, iter_stream_records, stream_records
+from fmashard.errors import DataError, ErrorPolicy, StorageError, UserError, log
+from fmashard.format.spec import DatasetSpec
+from fmashard.format.tar import track_id_of
 
 READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)
 STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
@@ -60,10 +60,11 @@ class LoaderConfig:
                           self.drop_last, self.equal_ranks)
 
 
-def dist_rank_world(cfg: LoaderConfig) -> tuple[int, int]:
-    """Rank and world size: explicit, else torch.distributed, else the torchrun environment."""
-    if cfg.rank is not None and cfg.world_size is not None:
-        return cfg.rank, cfg.world_size
+def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This process's rank and world size: explicit (both given), else torch.distributed's process group,
+    else the torchrun environment (RANK, WORLD_SIZE).  The one resolver: train.distributed uses it too."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -79,7 +80,7 @@ class WorkerStream:
         self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
         self._crcs = {sh.url: sh.crc32 for sh in spec.shards} if check_crc else {}
         self._reported = policy.num_skipped
-        self._fixed = spec.record_bytes - padded(spec.sample_bytes) == PREAMBLE
+        self._fixed = spec.fixed_layout
         self._reads: ParallelReads | None = None
 
     def __iter__(self):
@@ -125,9 +126,10 @@ class WorkerStream:
 
     def _read_run(self, run: list[int]):
         seg, first = self.plan.locate(run[0])
-        if self._fixed and is_local(seg.url):
+        backend = storage.backend_for(seg.url)
+        if self._fixed and backend.local:
             yield from self._read_local(seg.url, first, run)
-        elif self._fixed and self.read_threads > 1 and storage.scheme_of(seg.url) != "pipe":
+        elif self._fixed and self.read_threads > 1 and backend.seekable:
             job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
                           record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe,
                           crcs=self._crcs.get(seg.url))
@@ -150,7 +152,7 @@ class WorkerStream:
                 self.policy.handle(_as_data_error(result, self.policy), lost=n)
             else:
                 meta = metas[done]
-                meta[0], meta[1], meta[2] = result.label, _track_id(result.key), 1
+                meta[LABEL], meta[TRACK_ID], meta[VALID] = result.label, track_id_of(result.key), 1
             yield from run[done:done + n]
             done += n
 
@@ -191,7 +193,7 @@ class WorkerStream:
         results = read.result()
         for i, (s, meta, sample) in enumerate(zip(*tag, results)):
             if not isinstance(sample, Exception):
-                meta[0], meta[1], meta[2] = sample.label, _track_id(sample.key), 1
+                meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
             elif i == 0 or results[i - 1] is not sample:
                 lost = 1
                 while i + lost < len(results) and results[i + lost] is sample:
@@ -208,13 +210,6 @@ def _as_data_error(exc: Exception, policy: ErrorPolicy) -> DataError:
     if policy.mode == "raise":
         raise exc
     return DataError(exc.url, None, str(exc).removeprefix(f"{exc.url}: "))
-
-
-def _track_id(key: str) -> int:
-    try:
-        return int(key.rsplit("/", 1)[-1])
-    except ValueError:
-        return -1
 
 
 _DONE = object()
@@ -256,7 +251,7 @@ def read_ahead(iterable, depth: int):
 class _WorkerDataset(IterableDataset):
     """What each DataLoader worker runs (or the main process, with num_workers=0)."""
 
-    def __init__(self, loader: "ShardLoader", epoch: int, starts: list[int], rotation: int = 0):
+    def __init__(self, loader: ShardLoader, epoch: int, starts: list[int], rotation: int = 0):
         self.spec, self.cfg = loader.spec, loader.config
         self.rank, self.world = loader.rank, loader.world
         self.epoch, self.starts, self.pin = epoch, starts, loader.pin_in_worker
@@ -302,7 +297,7 @@ class ShardLoader:
 
     def __init__(self, spec: DatasetSpec, config: LoaderConfig = LoaderConfig()):
         self.spec, self.config = spec, config
-        self.rank, self.world = dist_rank_world(config)
+        self.rank, self.world = rank_world(config.rank, config.world_size)
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is outside world size {self.world}")
         self.policy = ErrorPolicy(config.on_error)

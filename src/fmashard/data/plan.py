@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fmashard.data.sources import DatasetSpec
+from fmashard.format.spec import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def batch_count(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size + (1 if n % batch_size and not drop_last else 0)
 
 
-def worker_samples(spec: DatasetSpec, cfg: "PlanConfig", rank: int, world: int, worker: int,
+def worker_samples(spec: DatasetSpec, cfg: PlanConfig, rank: int, world: int, worker: int,
                    num_workers: int) -> int:
     r_lo, r_hi = split_range(spec.num_samples, rank, world, cfg.equal_ranks)
     w_lo, w_hi = split_range(r_hi - r_lo, worker, num_workers, False)

@@ -16,8 +16,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from fmashard import storage
+from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.data.tarstream import BLOCK, PREAMBLE, RecordReader, Sample, parse_preamble
+from fmashard.format.tar import BLOCK, PREAMBLE
 
 
 class LocalShard:
@@ -126,10 +127,6 @@ def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_e
     costs several records is the same object for each)."""
     return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, sample_bytes,
                                                         audio_ext, record_bytes, allow_pipe, crcs) for _ in range(n)]
-
-
-def is_local(url: str) -> bool:
-    return storage.scheme_of(url) in ("local", "file")
 
 
 class ParallelReads:

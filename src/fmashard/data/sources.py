@@ -7,131 +7,16 @@ sample counts from the object sizes (our records have a fixed size).
 """
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from braceexpand import braceexpand
 
 from fmashard import storage
 from fmashard.errors import DataError, NotFoundError, UserError
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "fmashard"
-FORMAT_VERSIONS = (1,)  # the manifest versions this fmashard reads (ARCHITECTURE.md "Shard format")
-_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-AUDIO_DTYPES = {"pcm16": ("pcm", "int16", 2), "f16": ("f16", "float16", 2)}
-TAR_END = 1024
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    url: str
-    num_samples: int
-    crc32: tuple[int, ...] | None = None   # of each sample's audio, from the manifest (the build's record)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One split's shards and the fixed layout of their records."""
-
-    shards: tuple[ShardInfo, ...]
-    record_bytes: int
-    clip_samples: int
-    codec: str = "pcm16"
-    sample_rate: int = 22050
-    vocabulary: tuple[str, ...] | None = None
-    split: str | None = None
-    manifest: dict = field(default=None, compare=False, repr=False)
-
-    @property
-    def audio_ext(self) -> str:
-        return AUDIO_DTYPES[self.codec][0]
-
-    @property
-    def dtype(self) -> str:
-        return AUDIO_DTYPES[self.codec][1]
-
-    @property
-    def sample_bytes(self) -> int:
-        return self.clip_samples * AUDIO_DTYPES[self.codec][2]
-
-    @property
-    def num_samples(self) -> int:
-        return sum(s.num_samples for s in self.shards)
-
-
-def load_manifest(url: str) -> dict:
-    url = storage.check_scheme(url)
-    try:
-        raw = storage.read_bytes(url)
-    except NotFoundError:
-        raise NotFoundError(url, "no manifest.json here (build shards with `fmashard build`)") from None
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{url}: not a JSON manifest ({exc})") from None
-    return check_manifest(url, manifest)
-
-
-def manifest_problem(manifest) -> str | None:
-    """What makes `manifest` (parsed JSON) not a manifest this fmashard can read, or None."""
-    if not isinstance(manifest, dict):
-        return f"not an fmashard manifest (a JSON {_json_type(manifest)}, expected an object)"
-    if manifest.get("format") != MANIFEST_FORMAT:
-        if "format" not in manifest:
-            return "not an fmashard manifest (no format field)"
-        return f"not an fmashard manifest (format is {manifest['format']!r}, expected {MANIFEST_FORMAT!r})"
-    version = manifest.get("format_version")
-    if type(version) is not int or version not in FORMAT_VERSIONS:
-        known = ", ".join(map(str, FORMAT_VERSIONS))
-        return (f"format_version {version!r} is not one this fmashard reads ({known}); "
-                "rebuild the shards with this fmashard, or use the version that wrote them")
-    if not isinstance(manifest.get("splits"), dict):
-        if "splits" not in manifest:
-            return "not an fmashard manifest (no splits field)"
-        return f"not an fmashard manifest (splits is a {_json_type(manifest['splits'])}, expected an object)"
-    return None
-
-
-def _json_type(value) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), "number"
-                                                                              if value is not None else "null")
-
-
-def listed_paths(manifest: dict) -> list[str]:
-    """Every shard, .idx and .pt path a (valid) manifest lists."""
-    entries = [e for split in manifest["splits"].values() if isinstance(split, dict)
-               for key in ("shards", "files") for e in split.get(key) or [] if isinstance(e, dict)]
-    return [e[k] for e in entries for k in ("path", "index") if k in e]
-
-
-def is_inside(rel) -> bool:
-    """A manifest path must be relative and stay in the manifest's folder or prefix: no `/...`, no
-    `..`, no `scheme:` (another host, bucket or a pipe: command)."""
-    if not isinstance(rel, str) or not rel.strip():
-        return False
-    norm = rel.replace("\\", "/")
-    return not (norm.startswith("/") or _SCHEME_LIKE.match(norm) or ".." in norm.split("/"))
-
-
-def member_url(manifest_url: str, rel) -> str:
-    """The URL of a file the manifest lists; a UserError for one outside the manifest's folder."""
-    if not is_inside(rel):
-        raise UserError(f"{manifest_url}: path {rel!r} is outside the manifest's folder (manifest paths must "
-                        "be relative, without '..')")
-    return storage.join_url(storage.parent_url(manifest_url), rel)
-
-
-def check_manifest(url: str, manifest) -> dict:
-    """`manifest` if this fmashard can read it and all its paths stay in its folder; else a UserError."""
-    problem = manifest_problem(manifest)
-    if problem:
-        raise UserError(f"{url}: {problem}")
-    for rel in listed_paths(manifest):
-        member_url(url, rel)
-    return manifest
+from fmashard.format.codecs import SHARD_CODECS
+from fmashard.format.manifest import MANIFEST_NAME, check_manifest, load_manifest, member_url
+from fmashard.format.spec import DatasetSpec, ShardInfo
+from fmashard.format.tar import records_in
 
 
 def spec_from_manifest(url: str, split: str, manifest: dict | None = None) -> DatasetSpec:
@@ -139,6 +24,9 @@ def spec_from_manifest(url: str, split: str, manifest: dict | None = None) -> Da
     manifest = check_manifest(url, manifest) if manifest is not None else load_manifest(url)
     if manifest.get("layout", "shards") != "shards":
         raise UserError(f"{url}: a '{manifest['layout']}' layout build; the streaming loader needs --layout shards")
+    codec = manifest.get("codec", "pcm16")
+    if codec not in SHARD_CODECS:
+        raise UserError(f"{url}: codec {codec!r} is not one this fmashard reads ({', '.join(SHARD_CODECS)})")
     splits = manifest["splits"]
     if split not in splits:
         raise UserError(f"{url}: no split {split!r} (has: {', '.join(splits)})")
@@ -148,7 +36,7 @@ def spec_from_manifest(url: str, split: str, manifest: dict | None = None) -> Da
         raise UserError(f"{url}: split {split!r} has no shards")
     vocab = manifest.get("vocabulary")
     return DatasetSpec(shards, int(manifest["record_bytes"]), int(manifest["clip_samples"]),
-                       manifest.get("codec", "pcm16"), int(manifest.get("sample_rate", 22050)),
+                       codec, int(manifest.get("sample_rate", 22050)),
                        tuple(vocab) if vocab else None, split, manifest)
 
 
@@ -182,7 +70,7 @@ def resolve_source(source, split: str = "training", allow_pipe: bool = False) ->
             else:
                 raise NotFoundError(url, "no manifest.json here and not a .tar shard URL")
     for url in urls:
-        if storage.scheme_of(url) == "pipe" and not allow_pipe:
+        if storage.backend_for(url).runs_command and not allow_pipe:
             raise UserError(f"{url}: {storage.PIPE_REFUSAL}")
     return spec_from_shards(urls, split, allow_pipe)
 
@@ -196,7 +84,7 @@ def spec_from_shards(urls: list[str], split: str | None, allow_pipe: bool = Fals
     shards = []
     for url in urls:
         size = storage.object_size(url)
-        count, rest = divmod(size - TAR_END, record_bytes)
+        count, rest = records_in(size, record_bytes)
         if rest or count < 1:
             raise DataError(url, None, f"size {size} is not a whole number of {record_bytes}-byte records")
         shards.append(ShardInfo(url, count))

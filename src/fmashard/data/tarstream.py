@@ -11,43 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, TruncatedShardError
-
-BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
-AUDIO_EXTS = {"pcm": "pcm16", "f16": "f16"}
-
-
-def padded(size: int) -> int:
-    return (size + BLOCK - 1) // BLOCK * BLOCK
-
-
-@dataclass
-class Header:
-    key: str
-    ext: str
-    size: int
-
-
-def parse_header(block, url: str, last_key: str | None) -> Header | None:
-    """Parse a 512-byte USTAR header; None at the end-of-archive zero block."""
-    block = bytes(block)
-    if block == ZERO_BLOCK:
-        return None
-    stored = block[148:156].split(b"\0", 1)[0].strip()
-    try:
-        checksum_ok = int(stored or b"-1", 8) == (int(np.frombuffer(block, np.uint8).sum()) - sum(block[148:156]) + 256)
-        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-    except ValueError:
-        checksum_ok, size = False, -1
-    if not checksum_ok:
-        raise DamagedHeaderError(url, last_key, "damaged tar header (checksum mismatch)")
-    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-    prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-    name = f"{prefix}/{name}" if prefix else name
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    return Header(name[: len(name) - len(base)] + key, ext, size)
+from fmashard.errors import CorruptSampleError, DataError, TruncatedShardError
+from fmashard.format.codecs import SHARD_CODECS, get_codec, shard_codec_for_ext
+from fmashard.format.tar import BLOCK, PREAMBLE, Header, is_fixed_layout, padded, parse_header
 
 
 @dataclass
@@ -74,7 +40,7 @@ class RecordReader:
         self._pending: Header | None = None
         self._eof = self._end_block = False
         pad = padded(sample_bytes) - sample_bytes
-        self._fast = record_bytes is not None and record_bytes - padded(sample_bytes) == PREAMBLE
+        self._fast = is_fixed_layout(record_bytes, sample_bytes)
         self._pre = bytearray(pad + PREAMBLE)
         self._views = (memoryview(self._pre)[pad:], memoryview(self._pre))   # without / with owed padding
         self._owed = 0          # padding bytes of the previous record, read together with the next preamble
@@ -176,7 +142,6 @@ class RecordReader:
         return Sample(key, label, audio_read)
 
 
-PREAMBLE = 5 * BLOCK     # .cls header + block, .json header + block, audio header
 _HEADERS = (0, 2 * BLOCK, 4 * BLOCK)
 
 
@@ -243,9 +208,11 @@ def probe_layout(stream, url: str) -> tuple[int, int, str]:
             break
         key = hdr.key
         total += BLOCK + padded(hdr.size)
-        if hdr.ext in AUDIO_EXTS:
-            audio = (hdr.ext, hdr.size)
+        codec = shard_codec_for_ext(hdr.ext)
+        if codec is not None:
+            audio = (codec, hdr.size)
         stream.skip(padded(hdr.size))
     if audio is None:
-        raise DataError(url, key, "first sample has no .pcm or .f16 member: not an fmashard shard")
-    return total, audio[1] // 2, AUDIO_EXTS[audio[0]]
+        exts = " or ".join(f".{get_codec(name).ext}" for name in SHARD_CODECS)
+        raise DataError(url, key, f"first sample has no {exts} member: not an fmashard shard")
+    return total, audio[1] // audio[0].bytes_per_sample, audio[0].name

@@ -3,8 +3,10 @@
     int16 or float16 (B, N)  --decode-->  float32 in [-1, 1)  --window-->  (B*W, 1, L), labels repeated
 
 Defaults follow the original notebook: 5 s windows at 22,050 Hz (110,250 samples), 25 % overlap
-(hop = 110,250 - int(0.25 * 110,250) = 82,688), 7 windows per track.  `random_crop` draws the window
-starts uniformly per window instead (training augmentation), from a seeded generator.
+(hop = 110,250 - int(0.25 * 110,250) = 82,688), 7 windows per track.  Augmentations are not part of
+the window spec: they are `transforms` (`fmashard.data.transforms`), passed by training only.  A transform
+with a `window_starts` method (RandomCrop) chooses where the windows are cut; every transform is then
+called, in order, on the float windows (`finish_windows`, which the DALI backend runs too).
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-PCM16_SCALE = 1.0 / 32768.0
+from fmashard.format.codecs import decode_widen, decoders_by_dtype
+
+_DECODERS = decoders_by_dtype()   # each shard codec's decode, by the stored dtype
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,6 @@ class WindowSpec:
     window: int = 110_250
     overlap: float = 0.25
     count: int = 7
-    random_crop: bool = False
-    normalize: bool = False
 
     def __post_init__(self):
         if self.window < 1 or self.count < 1:
@@ -38,61 +40,62 @@ class WindowSpec:
         return (self.count - 1) * self.hop + self.window
 
     @classmethod
-    def seconds(cls, window_seconds: float = 5.0, sample_rate: int = 22050, **kw) -> "WindowSpec":
+    def seconds(cls, window_seconds: float = 5.0, sample_rate: int = 22050, **kw) -> WindowSpec:
         return cls(window=int(round(window_seconds * sample_rate)), **kw)
 
 
 def decode(audio: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Raw shard audio (any shape, any strides) -> float32 in [-1, 1): int16 is scaled by 1/32768,
-    float16 is widened.  A converting copy, then an in-place scale: both are vectorised kernels,
-    where one mixed-dtype `mul` is not (on this CPU the two passes are 1.4-2x faster than one).
+    """Raw shard audio (any shape, any strides) -> float32 in [-1, 1), by the codec of its dtype
+    (`fmashard.format.codecs`: pcm16 is scaled by 1/32768, f16 widened; any other dtype is widened).
     `out`: a contiguous float32 tensor of as many elements to write into (a reused buffer)."""
     if out is None:
         out = torch.empty(audio.shape, dtype=torch.float32, device=audio.device)
-    out = out.view(audio.shape).copy_(audio)
-    return out.mul_(PCM16_SCALE) if audio.dtype == torch.int16 else out
+    return _DECODERS.get(audio.dtype, decode_widen)(audio, out)
 
 
-def window_starts(spec: WindowSpec, batch: int, length: int, generator: torch.Generator | None = None,
-                  device=None) -> torch.Tensor:
-    """(B, W) start offsets: fixed hops, or uniform random ones for `random_crop`."""
-    if spec.random_crop:
-        high = length - spec.window + 1
-        return torch.randint(0, high, (batch, spec.count), generator=generator).to(device)
-    return (torch.arange(spec.count) * spec.hop).expand(batch, spec.count).to(device)
+def cropper(transforms):
+    """The transform that chooses where the windows start (one with `window_starts`), or None: fixed hops."""
+    return next((t for t in transforms if hasattr(t, "window_starts")), None)
+
+
+def samples_needed(spec: WindowSpec, transforms=()) -> int:
+    """Samples a clip needs: one window when a transform crops, else `count` windows at fixed hops."""
+    return spec.window if cropper(transforms) is not None else spec.span()
 
 
 def make_windows(audio: torch.Tensor, labels: torch.Tensor, spec: WindowSpec = WindowSpec(),
                  generator: torch.Generator | None = None, track_ids: torch.Tensor | None = None,
-                 out: torch.Tensor | None = None):
+                 out: torch.Tensor | None = None, transforms=()):
     """(B, N) raw audio -> ((B*W, 1, L) float32 windows, (B*W,) labels[, (B*W,) track ids]).
-    `out`: optional contiguous float32 buffer of B*W*L elements for the windows.
+    `out`: optional contiguous float32 buffer of B*W*L elements for the windows.  `transforms` draw from
+    `generator` (a crop first, when there is one, then the others in order).
 
     The fixed-hop path converts the strided int16 view straight into the float output (one pass, no
     float copy of the whole clip); random crops gather the chosen windows from a step-1 view."""
     batch, length = audio.shape
-    if length < spec.span() and not spec.random_crop:
+    crop = cropper(transforms)
+    if length < spec.span() and crop is None:
         raise ValueError(f"clips of {length} samples are shorter than {spec.count} windows need ({spec.span()})")
     if length < spec.window:
         raise ValueError(f"clips of {length} samples are shorter than one window ({spec.window})")
-    if spec.random_crop:
-        starts = window_starts(spec, batch, length, generator, audio.device)
+    if crop is not None:
+        starts = crop.window_starts(spec, batch, length, generator).to(audio.device)
         rows = torch.arange(batch, device=audio.device).repeat_interleave(spec.count)
         view = audio.unfold(1, spec.window, 1)[rows, starts.reshape(-1)]   # gathers only the windows
     else:
         view = audio.unfold(1, spec.window, spec.hop)[:, : spec.count]   # (B, W, L) strided view
     windows = decode(view, out).reshape(batch * spec.count, spec.window)
-    if spec.normalize:
-        windows = normalize_tracks(windows, spec.count)
+    return finish_windows(windows, labels, spec, generator, track_ids, transforms)
+
+
+def finish_windows(windows: torch.Tensor, labels: torch.Tensor, spec: WindowSpec,
+                   generator: torch.Generator | None = None, track_ids: torch.Tensor | None = None,
+                   transforms=()):
+    """(B*W, L) float32 windows -> the transforms applied in order -> (B*W, 1, L), with labels (and track
+    ids) repeated W times.  The one post-processing of the torch path and the DALI backend."""
+    for transform in transforms:
+        windows = transform(windows, spec, generator)
     out = (windows.unsqueeze(1), labels.repeat_interleave(spec.count))
     if track_ids is not None:
         out = out + (track_ids.repeat_interleave(spec.count),)
     return out
-
-
-def normalize_tracks(windows: torch.Tensor, count: int, eps: float = 1e-5) -> torch.Tensor:
-    """Per-track normalisation: zero mean, unit variance over all windows of a track."""
-    per_track = windows.reshape(-1, count * windows.shape[-1])
-    mean = per_track.mean(dim=1, keepdim=True)
-    std = per_track.std(dim=1, keepdim=True)
-    return ((per_track - mean) / (std + eps)).reshape(windows.shape)

@@ -1,49 +1,32 @@
-"""Checkpoints and the run folder's records, all written atomically (tmp file + fsync + os.replace).
-
-    RUN_DIR/config.json     the run's TrainConfig (+ what follows from it: window, vocabulary, world size)
-    RUN_DIR/metrics.jsonl   one line per epoch
-    RUN_DIR/steps.jsonl     track ids of every step (only with --log-batches)
-    RUN_DIR/last.pt         everything a resume needs; rewritten every N steps and at every epoch end
-    RUN_DIR/best.pt         the same, at the epoch with the best validation track accuracy
+"""Checkpoints: last.pt and best.pt of a run folder (`fmashard.train.run_dir`), written atomically
+(`fmashard.storage.atomic`), with the RNG states a resume restores and the window they were trained on.
 
 A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(weights_only=True)`: opening one never runs code.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fmashard.data.transforms import NormalizeTracks, RandomCrop
+from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
+from fmashard.storage.atomic import atomic_write
 
 CHECKPOINT_FORMAT = "fmashard-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write `state` (plus the format tag) to `path` atomically: a reader sees the old file or the new one."""
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
@@ -113,112 +96,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-# ---------------------------------------------------------------------------------------- run records
-def write_json(path: str | Path, obj) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+# ---------------------------------------------------------------------------------------- the window
+AUGMENTATION_KEYS = ("random_crop", "normalize")   # what the "window" entry also records of the transforms
 
 
-def read_json(path: str | Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc})") from None
+def window_record(window: WindowSpec, transforms=()) -> dict:
+    """The "window" entry of checkpoints and config.json: the window geometry, and which of the
+    transforms trained on it (the keys a window had when augmentations were flags, kept for old readers)."""
+    return {**asdict(window), "random_crop": any(isinstance(t, RandomCrop) for t in transforms),
+            "normalize": any(isinstance(t, NormalizeTracks) for t in transforms)}
 
 
-def append_jsonl(path: str | Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Keep only the records with `step <= max_step`: on resume, drop what a killed run logged after its
-    last checkpoint (those steps are about to run again)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the kill
-            continue
-        if record.get("step", 0) <= max_step:
-            kept.append(record)
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-# ---------------------------------------------------------------------------------------- run folder
-# What makes two runs the same run: a RUN_DIR whose config.json differs in these holds another run.
-IDENTITY_FIELDS = ("shards", "model", "batch_size", "lr", "seed", "window_seconds", "windows", "overlap",
-                   "random_crop", "amp", "amp_dtype", "shuffle_buffer")
-RESUME_FIELDS = tuple(f for f in IDENTITY_FIELDS if f != "shards")  # the shards may move (local -> s3)
-RESUME_KEYS = ("model", "optimizer", "scaler", "epoch", "step", "batches_done", "best", "train_seconds",
-               "train_totals", "loader", "rng")
-
-
-def identity_of(values: dict, fields=IDENTITY_FIELDS) -> dict:
-    """The fields of a TrainConfig (as a dict) that make a run what it is; local shard paths made absolute."""
-    d = {name: values.get(name) for name in fields}
-    if isinstance(d.get("shards"), str) and "://" not in d["shards"]:
-        d["shards"] = os.path.abspath(d["shards"])
-    return d
-
-
-def prepare_run_dir(config, run_dir: Path, vocabulary, is_main: bool) -> dict | None:
-    """Check RUN_DIR against this run (a TrainConfig); the last.pt state to resume from, or None for a
-    fresh start.  Every rank checks (read-only, so all fail alike); then rank 0 drops the records a killed
-    run wrote after its last.pt (or all records, for a fresh start)."""
-    from fmashard.train.distributed import barrier  # noqa: PLC0415
-
-    config_path, last = run_dir / "config.json", run_dir / "last.pt"
-    state = None
-    if config.resume and last.is_file():
-        state = load_checkpoint(last)
-        check_resume(config, state, vocabulary, last)
-        require_keys(state, last, RESUME_KEYS)
-    elif config_path.is_file():
-        recorded = read_json(config_path)
-        if not isinstance(recorded, dict) or not isinstance(recorded.get("train", {}), dict):
-            raise UserError(f"{config_path}: not a run config (a JSON object with a \"train\" object); "
-                            "choose another --out")
-        mine, theirs = identity_of(config.as_dict()), identity_of(recorded.get("train", {}))
-        diffs = [f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in IDENTITY_FIELDS if theirs[k] != mine[k]]
-        if diffs:
-            raise UserError(f"{run_dir} holds another run ({', '.join(diffs)}); choose another --out")
-        if last.is_file() and not config.resume:
-            raise UserError(f"{run_dir} already holds this run (with last.pt); pass --resume to continue it "
-                            "or choose another --out")
-    barrier()
-    if is_main:
-        if config.resume and state is None:
-            print(f"--resume: no {last} yet, starting from scratch", flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "steps.jsonl"):
-            if state is not None:
-                truncate_jsonl(run_dir / name, state["step"])
-            elif (run_dir / name).exists():
-                (run_dir / name).unlink()
-    return state
-
-
-def check_resume(config, state: dict, vocabulary, path: Path) -> None:
-    if state.get("model_name") != config.model:
-        raise UserError(f"--resume: {path} is a {state.get('model_name')!r} run, not {config.model!r} "
-                        "(resume with the same --model or choose another --out)")
-    if tuple(state.get("vocabulary", ())) != tuple(vocabulary):
-        raise UserError(f"--resume: {path} was trained on the genres {state.get('vocabulary')}, "
-                        f"but the shards have {list(vocabulary)}")
-    theirs, mine = identity_of(state.get("config", {}), RESUME_FIELDS), identity_of(config.as_dict(), RESUME_FIELDS)
-    diffs = [f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in RESUME_FIELDS if theirs[k] != mine[k]]
-    if diffs:
-        raise UserError(f"--resume: {path} was trained with {', '.join(diffs)}; resume with the same settings")
+def window_of(record: dict) -> WindowSpec:
+    """The WindowSpec of a "window" entry (its augmentation keys dropped: evaluation uses none).
+    TypeError when the entry is not one."""
+    if not isinstance(record, dict):
+        raise TypeError(f"expected a mapping, got {type(record).__name__}")
+    return WindowSpec(**{k: v for k, v in record.items() if k not in AUGMENTATION_KEYS})

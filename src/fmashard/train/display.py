@@ -1,5 +1,5 @@
 """The training loop's guards and display: a one-line torch.compile failure, SIGTERM/Ctrl-C asking the
-loop to stop after the current step, and the progress bar with one plain line per epoch."""
+loop to stop after the current step, and the progress bar with one plain line per epoch (`format_record`)."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from fmashard.errors import UserError, log
+from fmashard.train.metrics import fmt
 
 
 @contextmanager
@@ -65,7 +66,8 @@ class Progress:
             show = sys.stdout.isatty() and not os.environ.get("CI")
         self.bar = None
         if show and main:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
             self.bar = Bar(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
                            TimeElapsedColumn(), transient=True)
@@ -97,3 +99,13 @@ class Progress:
     def line(self, text: str) -> None:
         if self.verbose:
             print(text, flush=True)
+
+
+def format_record(r: dict, epochs: int) -> str:
+    """The line of a metrics.jsonl record, for people."""
+    part = "" if r["complete"] else " (partial)"
+    return (f"epoch {r['epoch']}/{epochs}{part} step {r['step']} | train loss {fmt(r['train_loss'], 4)} "
+            f"acc {fmt(r['train_window_acc'])} | val loss {fmt(r['val_loss'], 4)} acc {fmt(r['val_window_acc'])} "
+            f"track vote {fmt(r['val_track_acc_vote'])} mean {fmt(r['val_track_acc_mean'])} | "
+            f"{r['windows_per_s']:.1f} windows/s {r['tracks_per_s']:.2f} tracks/s | {r['seconds']:.1f} s"
+            + (f" | {r['skipped']} skipped" if r["skipped"] else ""))

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as torch_dist
 
 from fmashard.data.device import resolve_device
+from fmashard.data.loader import rank_world
 from fmashard.errors import UserError
 
 
@@ -45,11 +46,10 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     """The process group from the torchrun environment (gloo on CPU, nccl on CUDA) and this rank's device.
     A group the caller already initialised is reused (and left open)."""
     device = resolve_device(device_name)
+    rank, world = rank_world()
     if torch_dist.is_available() and torch_dist.is_initialized():
-        rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         return DistContext(rank, world, local_rank, _rank_device(device, local_rank))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(0, 1, 0, device)
     if not torch_dist.is_available():

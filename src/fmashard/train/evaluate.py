@@ -1,167 +1,27 @@
-"""Evaluation: loss, window accuracy, and track accuracy over each track's windows.
-
-Every track's W windows travel together in one batch (`make_windows` keeps them consecutive), so track
-predictions need no bookkeeping across batches:
-  - vote:        the majority of the windows' argmax (ties -> lowest class index, as the notebook's
-                 `np.argmax(np.bincount(...))`);
-  - mean logits: argmax of the windows' mean logits.
-Totals stay on the device during the loop; they are summed over ranks once at the end (each rank
-evaluates distinct tracks, so the sums are exact).  `evaluate_checkpoint` adds a confusion matrix of
-the vote predictions as JSON and PNG.
+"""Evaluation: the metrics (`fmashard.train.metrics`) of a model over a split, at fixed windows (no
+transforms), summed over ranks; `evaluate_checkpoint` evaluates a saved run and adds a confusion matrix of
+the vote predictions as JSON and PNG.  `recalibrate_batchnorm` is the "precise BN" pass before it.
 """
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fmashard.train.checkpoint import load_checkpoint, write_json
+from fmashard import storage
 from fmashard.data.device import DeviceFeeder
-from fmashard.train.distributed import all_reduce_sum, init_distributed
-from fmashard.errors import UserError, log
 from fmashard.data.loader import LoaderConfig, ShardLoader
-from fmashard.train.preflight import check_memory, writable_folder
-from fmashard.data.sources import DatasetSpec, resolve_source
 from fmashard.data.windows import WindowSpec
-
-AMP_DTYPES = ("auto", "bf16", "fp16")
-
-
-# ------------------------------------------------------------------------------------- precision
-def amp_dtype_for(device: torch.device, amp_dtype: str) -> torch.dtype:
-    """bf16 where the device has it (any CPU, CUDA from Ampere), else fp16; or what was asked for."""
-    if amp_dtype == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError("--amp-dtype bf16: this GPU has no bfloat16; use --amp-dtype fp16")
-        return torch.bfloat16
-    if amp_dtype == "fp16":
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def autocast_context(device: torch.device, amp: bool, amp_dtype: str = "auto"):
-    """(ctx, dtype or None): the one autocast context of a run; `nullcontext()` without --amp."""
-    if not amp:
-        return nullcontext(), None
-    dtype = amp_dtype_for(device, amp_dtype)
-    try:
-        ctx = torch.autocast(device.type, dtype=dtype)
-    except RuntimeError as exc:  # an autocast that this torch/device combination lacks
-        raise UserError(f"--amp: torch.autocast({device.type!r}, {dtype}) is not supported here ({exc})") from None
-    if device.type == "cpu" and not _fast_cpu_amp(dtype):
-        log.warning("--amp %s on this CPU: no native %s convolutions (needs AVX512-BF16/AMX), so convolutions "
-                    "take PyTorch's slow reference path; fp32 (no --amp) is faster here",
-                    "bf16" if dtype == torch.bfloat16 else "fp16", dtype)
-    return ctx, dtype
-
-
-def _fast_cpu_amp(dtype: torch.dtype) -> bool:
-    try:
-        if dtype == torch.bfloat16:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    except (AttributeError, RuntimeError):
-        return True
-
-
-# ------------------------------------------------------------------------------------- data
-def labelled_split(source: str, split: str) -> DatasetSpec:
-    """The DatasetSpec of `split`, which must come from a manifest with a genre vocabulary."""
-    spec = resolve_source(source, split)
-    if spec.manifest is None or not spec.vocabulary:
-        raise UserError(f"{source}: training and evaluation need shards with a manifest.json holding the "
-                        "genre vocabulary (build them with `fmashard build`)")
-    return spec
-
-
-def check_clip_length(spec: DatasetSpec, window: WindowSpec) -> None:
-    need = window.window if window.random_crop else window.span()
-    if spec.clip_samples < need:
-        raise UserError(f"clips of {spec.clip_samples / spec.sample_rate:g} s ({spec.clip_samples} samples) are "
-                        f"shorter than {window.count} windows of {window.window} samples with overlap "
-                        f"{window.overlap:g} need ({need}); lower --windows or --window-seconds")
-
-
-# ------------------------------------------------------------------------------------- metrics
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A metric for people: "n/a" where there was nothing to measure (no tracks)."""
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-@dataclass(frozen=True)
-class EvalMetrics:
-    loss: float | None              # None: no windows (an empty split), so nothing was measured
-    window_acc: float | None
-    track_acc_vote: float | None
-    track_acc_mean: float | None
-    windows: int
-    tracks: int
-    skipped: int = 0
-    confusion: tuple[tuple[int, ...], ...] = ()   # [true][predicted] track counts, vote predictions
-
-    def as_dict(self, prefix: str = "") -> dict:
-        d = asdict(self)
-        d.pop("confusion")
-        return {f"{prefix}{k}": v for k, v in d.items()}
-
-
-class MetricTotals:
-    """Running sums on the device: loss*windows, correct windows, windows, tracks right by vote, tracks
-    right by mean logits, tracks; and the vote confusion matrix."""
-
-    def __init__(self, num_classes: int, device: torch.device):
-        self.num_classes = num_classes
-        self.sums = torch.zeros(6, dtype=torch.float64, device=device)
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, num_tracks: int, loss: torch.Tensor) -> None:
-        if not num_tracks:   # a batch whose every track was skipped (on_error=skip)
-            return
-        logits = logits.detach().float()
-        windows = logits.shape[0]
-        per_track = windows // num_tracks
-        track_labels = labels[::per_track]
-        window_pred = logits.argmax(dim=1)
-        votes = F.one_hot(window_pred, self.num_classes).view(num_tracks, per_track, -1).sum(dim=1)
-        vote_pred = votes.argmax(dim=1)          # first maximum: ties go to the lowest class index
-        mean_pred = logits.view(num_tracks, per_track, -1).mean(dim=1).argmax(dim=1)
-        self.sums += torch.stack([loss.detach().double() * windows,
-                                  (window_pred == labels).sum().double(),
-                                  torch.tensor(windows, dtype=torch.float64, device=logits.device),
-                                  (vote_pred == track_labels).sum().double(),
-                                  (mean_pred == track_labels).sum().double(),
-                                  torch.tensor(num_tracks, dtype=torch.float64, device=logits.device)])
-        self.confusion.view(-1).index_add_(0, track_labels * self.num_classes + vote_pred,
-                                           torch.ones_like(vote_pred))
-
-    def state(self) -> dict:
-        return {"sums": self.sums.cpu(), "confusion": self.confusion.cpu()}
-
-    def load(self, state: dict) -> None:
-        self.sums.copy_(state["sums"])
-        self.confusion.copy_(state["confusion"])
-
-    def reduced(self) -> "MetricTotals":
-        """A copy summed over ranks (collective: every rank calls it)."""
-        out = MetricTotals(self.num_classes, self.sums.device)
-        out.sums.copy_(all_reduce_sum(self.sums.clone()))
-        out.confusion.copy_(all_reduce_sum(self.confusion.clone()))
-        return out
-
-    def result(self, skipped: int = 0) -> EvalMetrics:
-        loss, correct, windows, vote, mean, tracks = self.sums.tolist()
-
-        def ratio(part: float, whole: float) -> float | None:
-            return part / whole if whole else None
-        return EvalMetrics(ratio(loss, windows), ratio(correct, windows), ratio(vote, tracks),
-                           ratio(mean, tracks), int(windows), int(tracks), int(skipped),
-                           tuple(tuple(row) for row in self.confusion.tolist()))
+from fmashard.errors import UserError
+from fmashard.train.checkpoint import load_checkpoint, window_of
+from fmashard.train.distributed import all_reduce_sum, init_distributed
+from fmashard.train.metrics import EvalMetrics, MetricTotals, fmt
+from fmashard.train.precision import autocast_context
+from fmashard.train.preflight import check_clip_length, check_memory, labelled_split, writable_folder
+from fmashard.train.run_dir import write_json
 
 
 @torch.no_grad()
@@ -173,7 +33,7 @@ def evaluate(model: torch.nn.Module, loader: ShardLoader, device: torch.device, 
     was_training = model.training
     model.eval()
     totals = MetricTotals(num_classes, device)
-    for batch in DeviceFeeder(loader, device, replace(window, random_crop=False)):
+    for batch in DeviceFeeder(loader, device, window):
         if not batch.num_tracks:  # all its tracks were skipped (on_error=skip)
             continue
         with ctx:
@@ -203,7 +63,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: ShardLoader, device: t
     was_training, used = model.training, 0
     model.train()
     ctx = ctx or nullcontext()
-    for batch in DeviceFeeder(loader, device, replace(window, random_crop=False)):
+    for batch in DeviceFeeder(loader, device, window):
         if batch.windows.shape[0] < 2:  # BatchNorm has no statistics of a batch of one
             continue
         with ctx:
@@ -260,8 +120,7 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
     rank 0 writes eval_<split>.json, confusion_<split>.json and confusion_<split>.png into `config.out`."""
     from fmashard.models import build_model  # noqa: PLC0415 - keeps `import fmashard.train.evaluate` light
 
-    if config.endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = config.endpoint_url
+    storage.set_endpoint_url(config.endpoint_url)
     state = load_checkpoint(config.checkpoint, required=("model_name", "model", "vocabulary", "window"))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
     writable_folder(out, "--out" if config.out else "--out (default: the checkpoint's folder)")
@@ -273,7 +132,7 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
             raise UserError(f"{config.checkpoint} was trained on the genres {list(vocabulary)}, but {config.shards} "
                             f"has {list(spec.vocabulary)}")
         try:
-            window = replace(WindowSpec(**state["window"]), random_crop=False)
+            window = window_of(state["window"])
         except TypeError as exc:
             raise UserError(f"{config.checkpoint}: not an fmashard checkpoint (its window: {exc})") from None
         check_clip_length(spec, window)

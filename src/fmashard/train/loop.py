@@ -1,110 +1,47 @@
-"""Training: `train(TrainConfig(...)) -> TrainResult`, one readable loop in `_train`.
+"""Training: `train(TrainConfig(...)) -> TrainResult`, one short loop over a `TrainState`.
 
-    shards --ShardLoader--> host batches of B tracks --DeviceFeeder--> (B*W, 1, L) windows on the device
-    --> ONE optimizer step per batch (all W windows of all B tracks) --> after each epoch: validation
-    (loss, window accuracy, track accuracy by vote and by mean logits), metrics.jsonl, last.pt, best.pt.
+    shards --ShardLoader--> host batches of B tracks --DeviceFeeder(transforms)--> (B*W, 1, L) windows on
+    the device --> ONE optimizer step per batch (all W windows of all B tracks) --> after each epoch:
+    validation (loss, window accuracy, track accuracy by vote and by mean logits), metrics.jsonl, last.pt,
+    best.pt.
 
-Precision follows nanoGPT: one `ctx` (autocast bf16/fp16, or nullcontext) and `GradScaler(enabled=fp16)`,
-so fp32, bf16 and fp16 share one code path.  Under `torchrun` the same loop runs DDP (see distributed.py).
-`--resume` continues from last.pt exactly: the loader state gives the remaining samples in the same order,
-and the DeviceFeeder's start_index keeps the random crops of the remaining batches.
+Precision follows nanoGPT (`fmashard.train.precision`): one `ctx` and `GradScaler(enabled=fp16)`.  Under
+`torchrun` the same loop runs DDP (see distributed.py).  `--resume` continues from last.pt exactly: the
+loader state gives the remaining samples in the same order, and the DeviceFeeder's start_index keeps the
+random crops of the remaining batches.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fmashard.train.checkpoint import append_jsonl, prepare_run_dir, rng_state, save_checkpoint, set_rng_state, write_json
 from fmashard.data.device import DeviceFeeder
-from fmashard.train.distributed import all_gather_int, all_reduce_sum, any_rank, broadcast_buffers, init_distributed
-from fmashard.errors import UserError
-from fmashard.train.evaluate import (AMP_DTYPES, EvalMetrics, EvaluateConfig, MetricTotals, autocast_context,  # noqa: F401
-                               check_clip_length, evaluate, evaluate_checkpoint, fmt, labelled_split,
-                               recalibrate_batchnorm)
 from fmashard.data.loader import LoaderConfig, ShardLoader
-from fmashard.models import MODELS, build_model, count_parameters
-from fmashard.train.preflight import check_memory, writable_folder
-from fmashard.train.display import Progress, compile_guard, stop_signals
 from fmashard.data.windows import WindowSpec
-
-
-class ConfigError(UserError, ValueError):
-    """A bad training argument: a ValueError for library callers, a one-line exit 2 in the CLI."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    shards: str                      # manifest / folder / URL; splits "training" and "validation" are used
-    out: str                         # RUN_DIR
-    model: str = "resnet1d"          # resnet1d | soundnet | soundnet-large
-    epochs: int = 10
-    batch_size: int = 8              # tracks per optimizer step (all their windows in one step)
-    lr: float = 1e-3                 # Adam, as in the notebook
-    amp: bool = False
-    amp_dtype: str = "auto"          # auto (bf16 where supported, else fp16) | bf16 | fp16
-    device: str = "auto"
-    workers: int = 0                 # DataLoader worker processes (0: read in this process)
-    read_threads: int = 2            # threads reading records at once (per process)
-    random_crop: bool = False
-    compile: bool = False
-    seed: int = 0
-    window_seconds: float = 5.0
-    windows: int = 7
-    overlap: float = 0.25
-    shuffle_buffer: int = 64
-    precise_bn: int = 0              # re-estimate BatchNorm statistics on this many training batches before
-                                     # each validation (helps short runs; 0: off)
-    max_steps: int | None = None     # stop after this many optimizer steps (counted over the whole run)
-    checkpoint_every: int = 200      # steps between mid-epoch last.pt saves (0: epoch ends only)
-    on_error: str = "raise"
-    check_crc: bool = False          # check each sample's audio against the build's crc32 (LoaderConfig)
-    endpoint_url: str | None = None  # sets AWS_ENDPOINT_URL
-    resume: bool = False
-    log_batches: bool = False        # RUN_DIR/steps.jsonl: the track ids of every step
-    progress: bool | None = None     # rich bar; None: when stdout is a terminal and CI is unset
-    verbose: bool = True             # print one line per epoch and a summary
-
-    def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "shards", str(self.shards))
-        set_(self, "out", str(self.out))
-        if self.model not in MODELS:
-            raise ConfigError(f"model: unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size", "windows", "shuffle_buffer", "read_threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("workers", "checkpoint_every", "seed", "precise_bn"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise ConfigError(f"amp_dtype: must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
-        if not self.window_seconds > 0:
-            raise ConfigError(f"window_seconds: must be > 0, got {self.window_seconds}")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"overlap: must be in [0, 1), got {self.overlap}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"on_error: must be raise or skip, got {self.on_error!r}")
-        if not self.out:
-            raise ConfigError("out: a run folder is required")
-        if self.batch_size * self.windows < 2:
-            raise ConfigError("batch_size: one track of one window per step cannot train BatchNorm; "
-                              "use --batch-size >= 2 or --windows >= 2")
-
-    def window_spec(self, sample_rate: int) -> WindowSpec:
-        return WindowSpec.seconds(self.window_seconds, sample_rate, overlap=self.overlap, count=self.windows,
-                                  random_crop=self.random_crop)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from fmashard.errors import UserError
+from fmashard.format.spec import DatasetSpec
+from fmashard.models import build_model, count_parameters
+from fmashard.train.checkpoint import rng_state, save_checkpoint, set_rng_state, window_record
+from fmashard.train.config import TrainConfig
+from fmashard.train.display import Progress, compile_guard, format_record, stop_signals
+from fmashard.train.distributed import (
+    DistContext,
+    all_gather_int,
+    all_reduce_sum,
+    any_rank,
+    broadcast_buffers,
+    init_distributed,
+)
+from fmashard.train.evaluate import evaluate, recalibrate_batchnorm
+from fmashard.train.metrics import MetricTotals
+from fmashard.train.precision import autocast_context
+from fmashard.train.preflight import check_before_writing, check_clip_length, labelled_split
+from fmashard.train.run_dir import append_jsonl, prepare_run_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -136,6 +73,57 @@ class TrainResult:
         return f"done: {self.epochs} epochs, {self.steps} steps in {self.seconds:.1f} s{best}"
 
 
+@dataclass
+class Run:
+    """What stays fixed over a run: its settings, data, folder and display."""
+    config: TrainConfig
+    dist: DistContext
+    run_dir: Path
+    spec: DatasetSpec
+    window: WindowSpec
+    transforms: list             # the device transforms of training batches (validation: none)
+    loader: ShardLoader          # training batches, shuffled
+    val_loader: ShardLoader      # validation batches, in order
+    bn_loader: ShardLoader       # training batches in order, for --precise-bn
+    progress: Progress
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return tuple(self.spec.vocabulary)
+
+    def at_max_steps(self, step: int) -> bool:
+        return self.config.max_steps is not None and step >= self.config.max_steps
+
+
+@dataclass
+class TrainState:
+    """What the steps change; last.pt keeps all of it (`save`) and a resume restores it (`resume`)."""
+    model: torch.nn.Module             # the weights saved (not compiled, not DDP-wrapped)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ctx: object                        # the run's autocast context (nullcontext without --amp)
+    amp_dtype: torch.dtype | None
+    epoch: int = 0                     # the epoch being trained (0-based)
+    step: int = 0                      # optimizer steps over the whole run
+    batches_done: int = 0              # batches of `epoch` already trained (a resume starts after them)
+    best: dict | None = None           # {val_track_acc_vote, epoch, step} of best.pt
+    train_totals: dict | None = None   # resumed mid-epoch: the epoch's sums so far (over ranks, on rank 0)
+    train_seconds: float = 0.0         # resumed mid-epoch: the epoch's training seconds so far
+    eval_model: torch.nn.Module | None = None   # the model, compiled with --compile
+    step_model: torch.nn.Module | None = None   # eval_model, DDP-wrapped under torchrun
+    first_step: int = 0                # the step this call started at (torch.compile compiles on it)
+
+
+@dataclass
+class Epoch:
+    """One pass of `train_epoch`: this rank's totals and steps, and how it ended."""
+    totals: MetricTotals
+    seconds: float                     # training seconds of the epoch (before a resume too)
+    steps: int                         # optimizer steps this rank took in it
+    complete: bool                     # every batch of the epoch trained
+    interrupted: bool                  # a stop was requested (SIGTERM / Ctrl-C)
+
+
 def train_step(model, optimizer, scaler, ctx, windows: torch.Tensor, labels: torch.Tensor):
     """One optimizer step on a whole batch of windows; returns the (detached) loss and logits."""
     with ctx:
@@ -161,14 +149,35 @@ def train(config: TrainConfig, on_step=None) -> TrainResult:
         dist.close()
 
 
-def _train(config: TrainConfig, dist, on_step) -> TrainResult:
-    started, device, main = time.perf_counter(), dist.device, dist.is_main
-    # ---- data
+def _train(config: TrainConfig, dist: DistContext, on_step) -> TrainResult:
+    started = time.perf_counter()
+    run, resumed = prepare(config, dist)
+    state = start_state(run, resumed)
+    history, interrupted = [], False
+    with stop_signals() as stop:
+        while state.epoch < config.epochs and not run.at_max_steps(state.step):
+            epoch = train_epoch(run, state, stop, on_step)
+            if epoch.interrupted:
+                save(run, state, "last.pt", epoch.totals.reduced().state(), epoch.seconds)
+                interrupted = True
+                break
+            record = validate(run, state, epoch)
+            history.append(record)
+            end_epoch(run, state, epoch, record)
+            if not epoch.complete:  # max_steps reached mid-epoch
+                break
+    best = state.best
+    result = TrainResult(run.run_dir, state.epoch, state.step, time.perf_counter() - started, history,
+                         best and best["val_track_acc_vote"], best and best["epoch"], interrupted)
+    run.progress.line(result.summary())
+    return result
+
+
+def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
+    """The run's data and checks, then its folder; the last.pt state to resume from (or None)."""
     spec, val_spec = labelled_split(config.shards, "training"), labelled_split(config.shards, "validation")
-    vocabulary = tuple(spec.vocabulary)
-    window = config.window_spec(spec.sample_rate)
-    check_clip_length(spec, window)
-    run_dir = Path(config.out)
+    window, transforms = config.window_spec(spec.sample_rate), config.transforms()
+    check_clip_length(spec, window, transforms)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
     # train): drop incomplete batches then (other tracks fill them in the next epoch's shuffle).
     loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=True, seed=config.seed,
@@ -182,153 +191,151 @@ def _train(config: TrainConfig, dist, on_step) -> TrainResult:
                                                     read_threads=config.read_threads))
     bn_loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
                                                on_error=config.on_error, check_crc=config.check_crc))
-    check_before_writing(config, loader, window, device, dist.world_size)
-    state = prepare_run_dir(config, run_dir, vocabulary, main)
-    # ---- model, optimizer, precision
+    check_before_writing(config, loader, window, dist.device, dist.world_size)
+    run_dir = Path(config.out)
+    resumed = prepare_run_dir(config, run_dir, tuple(spec.vocabulary), dist.is_main)
+    run = Run(config, dist, run_dir, spec, window, transforms, loader, val_loader, bn_loader,
+              Progress(config, dist.is_main))
+    return run, resumed
+
+
+def start_state(run: Run, resumed: dict | None) -> TrainState:
+    """Model, optimizer and precision, seeded; restored from `resumed` (a last.pt) when given.  Rank 0
+    writes config.json."""
+    config, device = run.config, run.dist.device
     torch.manual_seed(config.seed)
-    raw_model = build_model(config.model, len(vocabulary), window.window).to(device)
-    optimizer = torch.optim.Adam(raw_model.parameters(), lr=config.lr)
+    model = build_model(config.model, len(run.vocabulary), run.window.window).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ctx, amp_dtype = autocast_context(device, config.amp, config.amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    epoch, step, batches_done, best, train_state, seconds_before = 0, 0, 0, None, None, 0.0
-    if state is not None:
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        epoch, step, batches_done = state["epoch"], state["step"], state["batches_done"]
-        best, seconds_before = state["best"], state["train_seconds"]
-        train_state = state["train_totals"] if main else None   # global sums: one rank carries them
-        try:
-            loader.load_state_dict(state["loader"])
-        except ValueError as exc:
-            raise UserError(f"--resume: {run_dir / 'last.pt'}: {exc}") from None
-        set_rng_state(state["rng"])
-    eval_model = torch.compile(raw_model) if config.compile else raw_model
-    model = eval_model
-    if dist.is_distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            eval_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if main:
-        write_json(run_dir / "config.json", {"train": config.as_dict(), "window": asdict(window),
-                                             "vocabulary": list(vocabulary), "sample_rate": spec.sample_rate,
-                                             "world_size": dist.world_size, "device": str(device),
-                                             "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                                             "parameters": count_parameters(raw_model), "torch": torch.__version__})
-
-    def checkpoint(path: Path, train_sums: dict | None, seconds: float, record: dict | None = None) -> None:
-        """Rank 0 writes.  `train_sums`: this epoch's train totals so far, summed over ranks (mid-epoch)."""
-        if main:
-            save_checkpoint(path, {
-                "model_name": config.model, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step": step, "batches_done": batches_done,
-                "loader": {**loader.state_dict(), "epoch": epoch, "batches": batches_done},
-                "train_totals": train_sums, "train_seconds": seconds, "best": best, "metrics": record,
-                "rng": rng_state(), "config": config.as_dict(), "vocabulary": list(vocabulary),
-                "window": asdict(window), "sample_rate": spec.sample_rate})
-
-    # ---- the loop
-    progress = Progress(config, main)
-    history, interrupted, first_step = [], False, step
-    with stop_signals() as stop:
-        while epoch < config.epochs and not (config.max_steps is not None and step >= config.max_steps):
-            loader.set_epoch(epoch)
-            num_batches = len(loader)
-            totals = MetricTotals(len(vocabulary), device)
-            if train_state is not None:
-                totals.load(train_state)
-            epoch_started, steps_before = time.perf_counter(), step
-            feeder = DeviceFeeder(loader, device, window, seed=config.seed + dist.rank, epoch=epoch,
-                                  start_index=batches_done)
-            progress.start_epoch(epoch, config.epochs, num_batches, batches_done)
-            for batch in feeder:
-                if not batch.num_tracks:  # all its tracks were skipped (on_error=skip): nothing to learn
-                    batches_done += 1
-                    continue
-                with compile_guard(config.compile and step == first_step):
-                    loss, logits = train_step(model, optimizer, scaler, ctx, batch.windows, batch.labels)
-                totals.add(logits, batch.labels, batch.num_tracks, loss)
-                step, batches_done = step + 1, batches_done + 1
-                if config.log_batches and main:
-                    append_jsonl(run_dir / "steps.jsonl", {"step": step, "epoch": epoch + 1, "batch": batches_done,
-                                                           "track_ids": batch.track_ids[::window.count].tolist()})
-                progress.advance(loss, batch.windows.shape[0], batch.num_tracks)
-                if on_step is not None:
-                    on_step(step, epoch)
-                if any_rank(stop.requested, device):
-                    interrupted = True
-                    break
-                if config.max_steps is not None and step >= config.max_steps:
-                    break
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and batches_done < num_batches:
-                    checkpoint(run_dir / "last.pt", totals.reduced().state(),
-                               seconds_before + time.perf_counter() - epoch_started)
-            seconds = seconds_before + time.perf_counter() - epoch_started
-            progress.end_epoch()
-            if interrupted:
-                checkpoint(run_dir / "last.pt", totals.reduced().state(), seconds)
-                break
-            complete = batches_done == num_batches
-            steps_per_rank = all_gather_int(step - steps_before, device)
-            skipped = int(all_reduce_sum(torch.tensor([loader.skipped_this_epoch], device=device)).item())
-            totals = totals.reduced()
-            trained = totals.result(skipped)
-            val_started = time.perf_counter()
-            recalibrate_batchnorm(eval_model, bn_loader, device, window, config.precise_bn, ctx)
-            broadcast_buffers(eval_model)
-            val_loader.label = f"validation after epoch {epoch + 1}"
-            val = evaluate(eval_model, val_loader, device, window, ctx, len(vocabulary))
-            record = {"epoch": epoch + 1, "step": step, "complete": complete,
-                      "train_loss": trained.loss, "train_window_acc": trained.window_acc,
-                      "val_loss": val.loss, "val_window_acc": val.window_acc,
-                      "val_track_acc_vote": val.track_acc_vote, "val_track_acc_mean": val.track_acc_mean,
-                      "val_tracks": val.tracks, "tracks_per_s": trained.tracks / seconds,
-                      "windows_per_s": trained.windows / seconds, "seconds": seconds,
-                      "val_seconds": time.perf_counter() - val_started, "skipped": skipped + val.skipped,
-                      "steps_per_rank": steps_per_rank, "world_size": dist.world_size}
-            history.append(record)
-            improved = val.track_acc_vote is not None and (best is None or
-                                                            val.track_acc_vote > best["val_track_acc_vote"])
-            if improved:
-                best = {"val_track_acc_vote": val.track_acc_vote, "epoch": epoch + 1, "step": step}
-            if complete:
-                epoch, batches_done, train_state, seconds_before = epoch + 1, 0, None, 0.0
-            if main:
-                append_jsonl(run_dir / "metrics.jsonl", record)
-            progress.line(format_record(record, config.epochs))
-            checkpoint(run_dir / "last.pt", None if complete else totals.state(), 0.0 if complete else seconds,
-                       record)
-            if improved and main:
-                checkpoint(run_dir / "best.pt", None, 0.0, record)
-            if not complete:  # max_steps reached mid-epoch
-                break
-    result = TrainResult(run_dir, epoch, step, time.perf_counter() - started, history,
-                         best and best["val_track_acc_vote"], best and best["epoch"], interrupted)
-    progress.line(result.summary())
-    return result
+    state = TrainState(model, optimizer, scaler, ctx, amp_dtype)
+    if resumed is not None:
+        resume(run, state, resumed)
+    state.first_step = state.step
+    state.eval_model = state.step_model = torch.compile(model) if config.compile else model
+    if run.dist.is_distributed:
+        state.step_model = torch.nn.parallel.DistributedDataParallel(
+            state.eval_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if run.dist.is_main:
+        write_json(run.run_dir / "config.json", {
+            "train": config.as_dict(), "window": window_record(run.window, run.transforms),
+            "vocabulary": list(run.vocabulary), "sample_rate": run.spec.sample_rate,
+            "world_size": run.dist.world_size, "device": str(device),
+            "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+            "parameters": count_parameters(model), "torch": torch.__version__})
+    return state
 
 
-def format_record(r: dict, epochs: int) -> str:
-    part = "" if r["complete"] else " (partial)"
-    return (f"epoch {r['epoch']}/{epochs}{part} step {r['step']} | train loss {fmt(r['train_loss'], 4)} "
-            f"acc {fmt(r['train_window_acc'])} | val loss {fmt(r['val_loss'], 4)} acc {fmt(r['val_window_acc'])} "
-            f"track vote {fmt(r['val_track_acc_vote'])} mean {fmt(r['val_track_acc_mean'])} | "
-            f"{r['windows_per_s']:.1f} windows/s {r['tracks_per_s']:.2f} tracks/s | {r['seconds']:.1f} s"
-            + (f" | {r['skipped']} skipped" if r["skipped"] else ""))
+def resume(run: Run, state: TrainState, saved: dict) -> None:
+    """Restore `state`, the loader position and the RNG states from a last.pt."""
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scaler.load_state_dict(saved["scaler"])
+    state.epoch, state.step, state.batches_done = saved["epoch"], saved["step"], saved["batches_done"]
+    state.best, state.train_seconds = saved["best"], saved["train_seconds"]
+    state.train_totals = saved["train_totals"] if run.dist.is_main else None   # global sums: one rank carries them
+    try:
+        run.loader.load_state_dict(saved["loader"])
+    except ValueError as exc:
+        raise UserError(f"--resume: {run.run_dir / 'last.pt'}: {exc}") from None
+    set_rng_state(saved["rng"])
 
 
-def check_before_writing(config: TrainConfig, loader: ShardLoader, window: WindowSpec, device, world: int) -> None:
-    """What would stop the run later stops it now, before RUN_DIR is touched: a training split that
-    gives no step, batch buffers that cannot fit in memory, a RUN_DIR that cannot be written."""
-    if len(loader) == 0:
-        n, workers = loader.spec.num_samples, config.workers
-        per_rank = f" ({n // world} per rank)" if world > 1 else ""
-        over = f" over --workers {workers}" if workers > 1 else ""
-        dropped = " (with --windows 1 incomplete batches are dropped)" if loader.config.drop_last else ""
-        raise UserError(f"{config.shards}: no training step can be taken: the training split's {n} tracks"
-                        f"{per_rank} make no full batch of --batch-size {config.batch_size}{over}{dropped}; "
-                        f"lower --batch-size{' or --workers' if over else ''}"
-                        + (" or use --windows 2 or more" if dropped else ""))
-    rows = min(config.batch_size, loader.spec.num_samples)
-    windows = 2 * rows * window.count * window.window * 4 if device.type == "cpu" else 0  # float32, recycled
-    check_memory(loader.spec, loader.config, world, extra=windows)
-    writable_folder(config.out, "--out")
+def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
+    """Train the rest of epoch `state.epoch` (from batch `state.batches_done`): one step per batch, last.pt
+    every `checkpoint_every` steps; stops early at max_steps or when a stop is requested."""
+    config, device, loader = run.config, run.dist.device, run.loader
+    loader.set_epoch(state.epoch)
+    num_batches, steps_before = len(loader), state.step
+    totals = MetricTotals(len(run.vocabulary), device)
+    if state.train_totals is not None:
+        totals.load(state.train_totals)
+    started = time.perf_counter()
+    feeder = DeviceFeeder(loader, device, run.window, seed=config.seed + run.dist.rank, epoch=state.epoch,
+                          start_index=state.batches_done, transforms=run.transforms)
+    run.progress.start_epoch(state.epoch, config.epochs, num_batches, state.batches_done)
+    interrupted = False
+    for batch in feeder:
+        if not batch.num_tracks:  # all its tracks were skipped (on_error=skip): nothing to learn
+            state.batches_done += 1
+            continue
+        with compile_guard(config.compile and state.step == state.first_step):
+            loss, logits = train_step(state.step_model, state.optimizer, state.scaler, state.ctx, batch.windows,
+                                      batch.labels)
+        totals.add(logits, batch.labels, batch.num_tracks, loss)
+        state.step, state.batches_done = state.step + 1, state.batches_done + 1
+        if config.log_batches and run.dist.is_main:
+            append_jsonl(run.run_dir / "steps.jsonl", {"step": state.step, "epoch": state.epoch + 1,
+                                                       "batch": state.batches_done,
+                                                       "track_ids": batch.track_ids[::run.window.count].tolist()})
+        run.progress.advance(loss, batch.windows.shape[0], batch.num_tracks)
+        if on_step is not None:
+            on_step(state.step, state.epoch)
+        if any_rank(stop.requested, device):
+            interrupted = True
+            break
+        if run.at_max_steps(state.step):
+            break
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0 and state.batches_done < num_batches:
+            save(run, state, "last.pt", totals.reduced().state(),
+                 state.train_seconds + time.perf_counter() - started)
+    seconds = state.train_seconds + time.perf_counter() - started
+    run.progress.end_epoch()
+    return Epoch(totals, seconds, state.step - steps_before, state.batches_done == num_batches, interrupted)
+
+
+def validate(run: Run, state: TrainState, epoch: Epoch) -> dict:
+    """Sum the epoch's training totals over ranks (`epoch.totals` becomes the sums), evaluate on the
+    validation split; the epoch's metrics.jsonl record."""
+    device = run.dist.device
+    steps_per_rank = all_gather_int(epoch.steps, device)
+    skipped = int(all_reduce_sum(torch.tensor([run.loader.skipped_this_epoch], device=device)).item())
+    epoch.totals = epoch.totals.reduced()
+    trained = epoch.totals.result(skipped)
+    val_started = time.perf_counter()
+    recalibrate_batchnorm(state.eval_model, run.bn_loader, device, run.window, run.config.precise_bn, state.ctx)
+    broadcast_buffers(state.eval_model)
+    run.val_loader.label = f"validation after epoch {state.epoch + 1}"
+    val = evaluate(state.eval_model, run.val_loader, device, run.window, state.ctx, len(run.vocabulary))
+    return {"epoch": state.epoch + 1, "step": state.step, "complete": epoch.complete,
+            "train_loss": trained.loss, "train_window_acc": trained.window_acc,
+            "val_loss": val.loss, "val_window_acc": val.window_acc,
+            "val_track_acc_vote": val.track_acc_vote, "val_track_acc_mean": val.track_acc_mean,
+            "val_tracks": val.tracks, "tracks_per_s": trained.tracks / epoch.seconds,
+            "windows_per_s": trained.windows / epoch.seconds, "seconds": epoch.seconds,
+            "val_seconds": time.perf_counter() - val_started, "skipped": skipped + val.skipped,
+            "steps_per_rank": steps_per_rank, "world_size": run.dist.world_size}
+
+
+def end_epoch(run: Run, state: TrainState, epoch: Epoch, record: dict) -> None:
+    """Keep the best; move on to the next epoch if this one is complete; metrics.jsonl, last.pt, best.pt."""
+    vote = record["val_track_acc_vote"]
+    improved = vote is not None and (state.best is None or vote > state.best["val_track_acc_vote"])
+    if improved:
+        state.best = {"val_track_acc_vote": vote, "epoch": state.epoch + 1, "step": state.step}
+    if epoch.complete:
+        state.epoch, state.batches_done, state.train_totals, state.train_seconds = state.epoch + 1, 0, None, 0.0
+    if run.dist.is_main:
+        append_jsonl(run.run_dir / "metrics.jsonl", record)
+    run.progress.line(format_record(record, run.config.epochs))
+    save(run, state, "last.pt", None if epoch.complete else epoch.totals.state(),
+         0.0 if epoch.complete else epoch.seconds, record)
+    if improved:
+        save(run, state, "best.pt", None, 0.0, record)
+
+
+def save(run: Run, state: TrainState, name: str, train_totals: dict | None, train_seconds: float,
+         record: dict | None = None) -> None:
+    """Rank 0 writes RUN_DIR/`name`: everything a resume needs.  `train_totals`, `train_seconds`: the
+    current epoch's sums over ranks and training time so far (mid-epoch; None and 0 at an epoch's end)."""
+    if not run.dist.is_main:
+        return
+    config = run.config
+    save_checkpoint(run.run_dir / name, {
+        "model_name": config.model, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(), "epoch": state.epoch, "step": state.step,
+        "batches_done": state.batches_done,
+        "loader": {**run.loader.state_dict(), "epoch": state.epoch, "batches": state.batches_done},
+        "train_totals": train_totals, "train_seconds": train_seconds, "best": state.best, "metrics": record,
+        "rng": rng_state(), "config": config.as_dict(), "vocabulary": list(run.vocabulary),
+        "window": window_record(run.window, run.transforms), "sample_rate": run.spec.sample_rate})

@@ -1,8 +1,11 @@
 """Checks made before a run starts work: a run that is bound to fail stops with one line, before it reads a
 shard or writes a file.
 
-    writable_folder(path, "--out")     the folder exists or can be created, and files can be created in it
-    check_memory(spec, loader_config)  the loader's batch buffers fit in the memory available now
+    labelled_split(source, split)       the split, from a manifest with a genre vocabulary
+    check_clip_length(spec, window)     the clips are long enough for the windows (and the transforms)
+    writable_folder(path, "--out")      the folder exists or can be created, and files can be created in it
+    check_memory(spec, loader_config)   the loader's batch buffers fit in the memory available now
+    check_before_writing(config, ...)   all of a training run's checks, before RUN_DIR is touched
 """
 from __future__ import annotations
 
@@ -10,7 +13,26 @@ import os
 import tempfile
 from pathlib import Path
 
+from fmashard.data.sources import resolve_source
+from fmashard.data.windows import WindowSpec, samples_needed
 from fmashard.errors import UserError
+
+
+def labelled_split(source: str, split: str):
+    """The DatasetSpec of `split`, which must come from a manifest with a genre vocabulary."""
+    spec = resolve_source(source, split)
+    if spec.manifest is None or not spec.vocabulary:
+        raise UserError(f"{source}: training and evaluation need shards with a manifest.json holding the "
+                        "genre vocabulary (build them with `fmashard build`)")
+    return spec
+
+
+def check_clip_length(spec, window: WindowSpec, transforms=()) -> None:
+    need = samples_needed(window, transforms)
+    if spec.clip_samples < need:
+        raise UserError(f"clips of {spec.clip_samples / spec.sample_rate:g} s ({spec.clip_samples} samples) are "
+                        f"shorter than {window.count} windows of {window.window} samples with overlap "
+                        f"{window.overlap:g} need ({need}); lower --windows or --window-seconds")
 
 
 def writable_folder(path: str | Path, flag: str) -> Path:
@@ -66,3 +88,22 @@ def check_memory(spec, cfg, world: int = 1, extra: int = 0) -> None:
                         f"{cfg.num_workers}: {spec.split or 'the'} batches of {spec.clip_samples}-sample clips "
                         f"need {need / 1e9:.1f} GB of memory, more than the {have / 1e9:.1f} GB available; "
                         "lower --batch-size, --shuffle-buffer or --workers")
+
+
+def check_before_writing(config, loader, window: WindowSpec, device, world: int) -> None:
+    """What would stop the run later stops it now, before RUN_DIR is touched: a training split that
+    gives no step, batch buffers that cannot fit in memory, a RUN_DIR that cannot be written.
+    `config`: a TrainConfig; `loader`: its training ShardLoader."""
+    if len(loader) == 0:
+        n, workers = loader.spec.num_samples, config.workers
+        per_rank = f" ({n // world} per rank)" if world > 1 else ""
+        over = f" over --workers {workers}" if workers > 1 else ""
+        dropped = " (with --windows 1 incomplete batches are dropped)" if loader.config.drop_last else ""
+        raise UserError(f"{config.shards}: no training step can be taken: the training split's {n} tracks"
+                        f"{per_rank} make no full batch of --batch-size {config.batch_size}{over}{dropped}; "
+                        f"lower --batch-size{' or --workers' if over else ''}"
+                        + (" or use --windows 2 or more" if dropped else ""))
+    rows = min(config.batch_size, loader.spec.num_samples)
+    windows = 2 * rows * window.count * window.window * 4 if device.type == "cpu" else 0  # float32, recycled
+    check_memory(loader.spec, loader.config, world, extra=windows)
+    writable_folder(config.out, "--out")

@@ -1,0 +1,100 @@
+"""One timed pass of one loader: wall time, time to the first batch, CPU time, peak RSS."""
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass
+class Run:
+    """One timed pass of one loader."""
+
+    tracks: int
+    bytes: int
+    seconds: float
+    first_batch: float
+    cpu_seconds: float
+    peak_rss: int
+    rss_added: int
+    passes: int = 1   # passes averaged into this measurement (seconds and CPU are per pass)
+
+
+def measure(runner, min_seconds: float) -> Run:
+    """Repeat one loader's pass until `min_seconds` have passed; per-pass averages.  A pass over 400
+    tracks takes ~0.1 s for the fast loaders, too short to time reliably on a shared machine."""
+    runs = [runner()]
+    while sum(r.seconds for r in runs) < min_seconds:
+        runs.append(runner())
+    n = len(runs)
+    return Run(runs[0].tracks, runs[0].bytes, sum(r.seconds for r in runs) / n, runs[0].first_batch,
+               sum(r.cpu_seconds for r in runs) / n, max(r.peak_rss for r in runs),
+               max(r.rss_added for r in runs), n)
+
+
+class RssSampler:
+    """Peak RSS of this process and its children (DataLoader workers), sampled every 10 ms;
+    `added` is the peak above the RSS at the start (what the loader itself holds)."""
+
+    def __init__(self):
+        self.proc, self.peak, self.start, self._stop = psutil.Process(), 0, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.children, self.samples = [], 0
+
+    def _sample(self):
+        # Listing children scans /proc (~2 ms of Python holding the GIL): every 10th sample only, so
+        # the sampler does not slow the multi-threaded loaders it measures.
+        if self.samples % 10 == 0:
+            self.children = self.proc.children(recursive=True)
+        self.samples += 1
+        total = self.proc.memory_info().rss
+        for child in self.children:
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self):
+        while not self._stop.wait(0.01):
+            self._sample()
+
+    @property
+    def added(self) -> int:
+        return max(0, self.peak - self.start)
+
+    def __enter__(self):
+        self._sample()
+        self.start = self.peak
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def cpu_seconds() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> Run:
+    """Drain an iterator of batches (stopping at `limit` tracks) and time it."""
+    cpu0, start, first, tracks = cpu_seconds(), time.perf_counter(), None, 0
+    with RssSampler() as rss:
+        it = iter(batches)
+        for batch in it:
+            if first is None:
+                first = time.perf_counter() - start
+            tracks += count_tracks(batch)
+            if limit and tracks >= limit:
+                tracks = limit
+                break
+        del it  # shuts down DataLoader workers, so their CPU time is counted
+        seconds = time.perf_counter() - start
+    return Run(tracks, tracks * bytes_per_track, seconds, first or seconds, cpu_seconds() - cpu0, rss.peak,
+               rss.added)

@@ -1,0 +1,50 @@
+"""`DatasetSpec`: one split's shards and the fixed layout of their records (what every data stage needs
+to know about the shards it reads); `ShardInfo`: one shard of it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fmashard.format.codecs import CODECS
+from fmashard.format.tar import is_fixed_layout
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    url: str
+    num_samples: int
+    crc32: tuple[int, ...] | None = None   # of each sample's audio, from the manifest (the build's record)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One split's shards and the fixed layout of their records."""
+
+    shards: tuple[ShardInfo, ...]
+    record_bytes: int
+    clip_samples: int
+    codec: str = "pcm16"
+    sample_rate: int = 22050
+    vocabulary: tuple[str, ...] | None = None
+    split: str | None = None
+    manifest: dict = field(default=None, compare=False, repr=False)
+
+    @property
+    def audio_ext(self) -> str:
+        return CODECS[self.codec].ext
+
+    @property
+    def dtype(self) -> str:
+        return CODECS[self.codec].dtype
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.clip_samples * CODECS[self.codec].bytes_per_sample
+
+    @property
+    def fixed_layout(self) -> bool:
+        """Records are fmashard's fixed layout (`fmashard.format.tar`): the fast read paths apply."""
+        return is_fixed_layout(self.record_bytes, self.sample_bytes)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
