@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from fmashard.errors import UserError
 from fmashard.format.codecs import CODECS, FILES_CODEC, SHARD_CODECS
+from fmashard.format.spec import StoredAudio
 from fmashard.format.tar import END_OF_ARCHIVE, record_bytes
 from shard_tools.audio import ClipSettings
 
@@ -30,7 +31,7 @@ def parse_size(text: int | str) -> int:
 
 
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(StoredAudio):
     fma_dir: str
     out: str
     subset: str = "small"
@@ -83,18 +84,6 @@ class BuildConfig:
     def stored_codec(self) -> str:
         """What a sample's audio is stored as: the codec, or float32 tensors for --layout files."""
         return self.codec if self.layout == "shards" else FILES_CODEC
-
-    @property
-    def audio_ext(self) -> str:
-        return CODECS[self.stored_codec].ext
-
-    @property
-    def dtype(self) -> str:
-        return CODECS[self.stored_codec].dtype
-
-    @property
-    def sample_bytes(self) -> int:
-        return self.clip_samples * CODECS[self.stored_codec].bytes_per_sample
 
     @property
     def record_bytes(self) -> int:

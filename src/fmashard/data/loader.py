@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 
 import torch
@@ -27,15 +27,13 @@ from fmashard.format.tar import track_id_of
 
 READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)
 STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
+
+
 @dataclass(frozen=True)
-class LoaderConfig:
-    batch_size: int = 8
-    shuffle: bool = True
-    shuffle_buffer: int = 64
-    seed: int = 0
+class LoaderConfig(PlanConfig):
+    """The plan's fields (batch_size, shuffle, shuffle_buffer, seed, drop_last, equal_ranks) and how to run it."""
+
     num_workers: int = 0
-    drop_last: bool = False
-    equal_ranks: bool = True
     on_error: str = "raise"
     rank: int | None = None
     world_size: int | None = None
@@ -56,8 +54,7 @@ class LoaderConfig:
         ErrorPolicy(self.on_error)  # validates the mode
 
     def plan_config(self) -> PlanConfig:
-        return PlanConfig(self.batch_size, self.shuffle, self.shuffle_buffer, self.seed,
-                          self.drop_last, self.equal_ranks)
+        return PlanConfig(**{f.name: getattr(self, f.name) for f in fields(PlanConfig)})
 
 
 def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -8,6 +8,23 @@ from fmashard.format.codecs import CODECS
 from fmashard.format.tar import is_fixed_layout
 
 
+class StoredAudio:
+    """What `clip_samples` values of `stored_codec` are on disk: the audio member's extension, its dtype and
+    its size — looked up in the codec registry (a mixin for `DatasetSpec` and the build's config)."""
+
+    @property
+    def audio_ext(self) -> str:
+        return CODECS[self.stored_codec].ext
+
+    @property
+    def dtype(self) -> str:
+        return CODECS[self.stored_codec].dtype
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.clip_samples * CODECS[self.stored_codec].bytes_per_sample
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     url: str
@@ -16,7 +33,7 @@ class ShardInfo:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class DatasetSpec(StoredAudio):
     """One split's shards and the fixed layout of their records."""
 
     shards: tuple[ShardInfo, ...]
@@ -29,16 +46,8 @@ class DatasetSpec:
     manifest: dict = field(default=None, compare=False, repr=False)
 
     @property
-    def audio_ext(self) -> str:
-        return CODECS[self.codec].ext
-
-    @property
-    def dtype(self) -> str:
-        return CODECS[self.codec].dtype
-
-    @property
-    def sample_bytes(self) -> int:
-        return self.clip_samples * CODECS[self.codec].bytes_per_sample
+    def stored_codec(self) -> str:
+        return self.codec
 
     @property
     def fixed_layout(self) -> bool:
