@@ -10,22 +10,18 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import run_fmashard
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import TruncatedShardError
-from fmashard.models import build_model
 from fmashard.train import TrainConfig, train
-from fmashard.train.checkpoint import save_checkpoint
 from synth_shards import write_synthetic_shards
-from test_checkpoint import TINY, damaged_checkpoint, write_run_shards
+from test_checkpoint import TINY, damaged_checkpoint, write_run_shards, write_untrained_checkpoint
 
 TINY_ARGS = ["--model", "soundnet-large", "--window-seconds", "0.1", "--windows", "2", "--batch-size", "2"]
 
@@ -44,13 +40,7 @@ def data(tmp_path_factory):
     """Tiny shards, a copy with truncated shards, and an untrained checkpoint for their vocabulary."""
     root = tmp_path_factory.mktemp("bad-input")
     shards = write_run_shards(root / "shards")
-    vocabulary = json.loads((shards / "manifest.json").read_text())["vocabulary"]
-    window = WindowSpec(window=2205, count=2, overlap=0.25)
-    torch.manual_seed(0)
-    model = build_model("soundnet-large", len(vocabulary), window.window)
-    save_checkpoint(root / "run" / "best.pt", {"model_name": "soundnet-large", "model": model.state_dict(),
-                                               "vocabulary": vocabulary, "window": asdict(window),
-                                               "config": {"amp": False}, "epoch": 1, "step": 3})
+    write_untrained_checkpoint(root / "run" / "best.pt", shards, WindowSpec(window=2205, count=2, overlap=0.25))
     return {"shards": shards, "truncated": truncate_first_shards(shards, root / "truncated"),
             "checkpoint": root / "run" / "best.pt", "root": root}
 

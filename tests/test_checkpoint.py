@@ -27,6 +27,21 @@ from fmashard.train.run_dir import read_jsonl, truncate_jsonl
 from synth_shards import write_synthetic_shards
 
 
+def write_untrained_checkpoint(path, shards, window) -> list[str]:
+    """An untrained soundnet-large checkpoint for the vocabulary of `shards`; returns the vocabulary."""
+    from dataclasses import asdict
+
+    from fmashard.models import build_model
+    from fmashard.train.checkpoint import save_checkpoint
+
+    vocabulary = json.loads((Path(shards) / "manifest.json").read_text())["vocabulary"]
+    torch.manual_seed(0)
+    model = build_model("soundnet-large", len(vocabulary), window.window)
+    save_checkpoint(path, {"model_name": "soundnet-large", "model": model.state_dict(), "vocabulary": vocabulary,
+                           "window": asdict(window), "config": {"amp": False}, "epoch": 1, "step": 3})
+    return vocabulary
+
+
 def write_run_shards(root, counts=None, clip_samples=4000) -> Path:
     """Synthetic shards (random int16 noise, 5-genre vocabulary) with training/validation/test splits and
     one manifest.json: many 1-3 sample shards, so ranks and resumes start mid-shard."""

@@ -3,7 +3,6 @@ the confusion matrix, and evaluate_checkpoint on synthetic shards."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,10 +12,9 @@ from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
 from fmashard.models import build_model
-from fmashard.train.checkpoint import save_checkpoint
 from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint, recalibrate_batchnorm
 from fmashard.train.metrics import MetricTotals
-from test_checkpoint import write_run_shards
+from test_checkpoint import write_run_shards, write_untrained_checkpoint
 
 
 def _logits(predictions, num_classes=4, margin=None):
@@ -70,13 +68,8 @@ def synthetic(tmp_path_factory):
     """Shards with a test split and an (untrained) soundnet-large checkpoint for their vocabulary."""
     root = tmp_path_factory.mktemp("eval")
     shards = write_run_shards(root / "shards", {"training": [2, 2], "test": [2, 1, 2]}, clip_samples=6000)
-    vocabulary = json.loads((shards / "manifest.json").read_text())["vocabulary"]
-    window = WindowSpec(window=2205, count=3, overlap=0.25)
-    torch.manual_seed(0)
-    model = build_model("soundnet-large", len(vocabulary), window.window)
-    save_checkpoint(root / "run" / "best.pt", {"model_name": "soundnet-large", "model": model.state_dict(),
-                                               "vocabulary": vocabulary, "window": asdict(window),
-                                               "config": {"amp": False}, "epoch": 1, "step": 3})
+    vocabulary = write_untrained_checkpoint(root / "run" / "best.pt", shards,
+                                            WindowSpec(window=2205, count=3, overlap=0.25))
     return shards, root / "run" / "best.pt", vocabulary
 
 
