@@ -198,3 +198,46 @@ def test_buffers_are_allocated_once_and_reused_in_every_later_epoch(shards):
         counts.append(sum(len(v) for v in recycle._cache.values()))
     assert counts[1] == counts[2] == counts[3] <= 3 + 8      # pending buffers + what is in flight
     recycle.clear()
+
+
+def test_worker_buffers_are_allocated_once_and_reused_in_every_later_epoch(shards):
+    root, truth = shards
+    loader = ShardLoader(resolve_source(root), LoaderConfig(batch_size=2, shuffle_buffer=6, num_workers=2))
+    allocated, fresh = [], []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        seen = []
+        for batch in loader:
+            seen += batch.track_ids.tolist()
+            assert any(batch.audio.untyped_storage().data_ptr() == b.data_ptr()
+                       for ring in loader.rings for b in ring.buffers)   # a view of the main's mapping
+        assert sorted(seen) == sorted(truth)
+        allocated.append(sum(ring.allocated for ring in loader.rings))
+        fresh.append(sum(ring.fresh for ring in loader.rings))
+    assert allocated[0] == allocated[3] == 2 * (3 + 6)     # made once, before the first epoch
+    assert fresh == [0, 0, 0, 0]                           # no worker ever needed a buffer of its own
+
+
+def test_a_consumer_holding_every_batch_gets_fresh_worker_buffers_not_overwritten_ones(shards):
+    root, truth = shards
+    loader = ShardLoader(resolve_source(root), LoaderConfig(batch_size=1, shuffle_buffer=1, num_workers=2))
+    batches = list(loader)                                 # 31 batches held: more than the rings have
+    assert sum(ring.fresh for ring in loader.rings) > 0
+    for b in batches:
+        tid = b.track_ids.item()
+        assert np.array_equal(b.audio[0].numpy(), truth[tid][0]) and b.labels.item() == truth[tid][1]
+
+
+def test_workers_without_per_sample_work_are_noted_once_in_the_log(shards, caplog, monkeypatch):
+    import fmashard.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "_noted", [])
+    spec = resolve_source(shards[0])
+    with caplog.at_level("INFO", logger="fmashard"):
+        ShardLoader(spec, LoaderConfig(batch_size=2))
+        assert not [r for r in caplog.records if "read threads already do the I/O" in r.getMessage()]
+        ShardLoader(spec, LoaderConfig(batch_size=2, num_workers=2))
+        ShardLoader(spec, LoaderConfig(batch_size=2, num_workers=1))
+    notes = [r.getMessage() for r in caplog.records if "read threads already do the I/O" in r.getMessage()]
+    assert notes == ["--workers 2: the read threads already do the I/O in this process; workers pay off for "
+                     "CPU-heavy per-sample work (--check-crc, host-side codecs)"]

@@ -55,12 +55,25 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def fmashard_pass(spec, config: BenchConfig, workers: int, device, full: bool, limit: int,
-                  check_crc: bool = False) -> Run:
+class FmashardPass:
     """fmashard's loader: the host path (`full=False`: collated int16 batches) or the full path to
-    float windows on the device."""
-    loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, num_workers=workers, seed=config.seed,
-                                            check_crc=check_crc))
+    float windows on the device.  One loader for all its passes, each pass the next epoch, as in a
+    training run (its DataLoader workers and their buffers are made once: the warm-up pays for them)."""
+
+    def __init__(self, spec, config: BenchConfig, workers: int, device, full: bool, limit: int,
+                 check_crc: bool = False):
+        self.args = (spec, config, device, full, limit)
+        self.loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, num_workers=workers,
+                                                     seed=config.seed, check_crc=check_crc))
+        self.epoch = 0
+
+    def __call__(self) -> Run:
+        self.loader.set_epoch(self.epoch)
+        self.epoch += 1
+        return fmashard_pass(self.loader, *self.args)
+
+
+def fmashard_pass(loader: ShardLoader, spec, config: BenchConfig, device, full: bool, limit: int) -> Run:
     if not full:
         return timed(loader, len, spec.record_bytes, limit)
     feeder = DeviceFeeder(loader, device, WindowSpec(), seed=config.seed)
@@ -91,12 +104,11 @@ def _naive(name: str, data: BenchData, workers: int):
 
 RUNNERS = {
     "raw": lambda data, workers: partial(raw_read, data.spec, data.limit),
-    "fmashard-host": lambda data, workers: partial(fmashard_pass, data.spec, data.config, workers, data.device,
-                                                   False, data.limit),
-    "fmashard-host-crc": lambda data, workers: partial(fmashard_pass, data.spec, data.config, workers, data.device,
-                                                       False, data.limit, check_crc=True),
-    "fmashard": lambda data, workers: partial(fmashard_pass, data.spec, data.config, workers, data.device, True,
-                                              data.limit),
+    "fmashard-host": lambda data, workers: FmashardPass(data.spec, data.config, workers, data.device, False,
+                                                        data.limit),
+    "fmashard-host-crc": lambda data, workers: FmashardPass(data.spec, data.config, workers, data.device, False,
+                                                            data.limit, check_crc=True),
+    "fmashard": lambda data, workers: FmashardPass(data.spec, data.config, workers, data.device, True, data.limit),
     "dali": lambda data, workers: partial(dali_pass, data.spec, data.config, data.device, data.limit),
     "naive": partial(_naive, "naive"),
     "naive-mp3": partial(_naive, "naive-mp3"),

@@ -40,6 +40,7 @@ def summarize(result: LoaderResult, windows_per_track: int) -> dict:
         "mb_per_s": median_min_max([r.bytes / r.seconds / 1e6 for r in runs]),
         "first_batch_s": median_min_max([r.first_batch for r in runs]),
         "cpu_s_per_track": median_min_max([r.cpu_seconds / max(1, r.tracks) for r in runs]),
+        "main_cpu_s_per_track": median_min_max([r.main_cpu_seconds / max(1, r.tracks) for r in runs]),
         "peak_rss_mb": median_min_max([r.peak_rss / 2**20 for r in runs]),
         "rss_added_mb": median_min_max([r.rss_added / 2**20 for r in runs]),
         "passes_per_round": [r.passes for r in runs],

@@ -21,6 +21,7 @@ class Run:
     peak_rss: int
     rss_added: int
     passes: int = 1   # passes averaged into this measurement (seconds and CPU are per pass)
+    main_cpu_seconds: float = 0.0   # of this process only (cpu_seconds adds its DataLoader workers)
 
 
 def measure(runner, min_seconds: float) -> Run:
@@ -32,7 +33,7 @@ def measure(runner, min_seconds: float) -> Run:
     n = len(runs)
     return Run(runs[0].tracks, runs[0].bytes, sum(r.seconds for r in runs) / n, runs[0].first_batch,
                sum(r.cpu_seconds for r in runs) / n, max(r.peak_rss for r in runs),
-               max(r.rss_added for r in runs), n)
+               max(r.rss_added for r in runs), n, sum(r.main_cpu_seconds for r in runs) / n)
 
 
 class RssSampler:
@@ -77,14 +78,27 @@ class RssSampler:
         self.thread.join()
 
 
+def main_cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def cpu_seconds() -> float:
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(u.ru_utime + u.ru_stime for u in usage)
+    """This process, its ended children and its live ones (persistent DataLoader workers)."""
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            live += t.user + t.system
+        except psutil.Error:
+            pass
+    return main_cpu_seconds() + u.ru_utime + u.ru_stime + live
 
 
 def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> Run:
     """Drain an iterator of batches (stopping at `limit` tracks) and time it."""
-    cpu0, start, first, tracks = cpu_seconds(), time.perf_counter(), None, 0
+    cpu0, main0, start, first, tracks = cpu_seconds(), main_cpu_seconds(), time.perf_counter(), None, 0
     with RssSampler() as rss:
         it = iter(batches)
         for batch in it:
@@ -97,4 +111,4 @@ def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> Run
         del it  # shuts down DataLoader workers, so their CPU time is counted
         seconds = time.perf_counter() - start
     return Run(tracks, tracks * bytes_per_track, seconds, first or seconds, cpu_seconds() - cpu0, rss.peak,
-               rss.added)
+               rss.added, main_cpu_seconds=main_cpu_seconds() - main0)

@@ -53,11 +53,12 @@ class BatchBuffers:
     be read into them (buffers have no more rows than that, whatever the batch size)."""
 
     def __init__(self, spec: DatasetSpec, batch_size: int, pin: bool, shared: bool, pending: int = 8,
-                 samples: int | None = None):
+                 samples: int | None = None, ring=None):
         if samples is not None:
             batch_size = max(1, min(batch_size, samples))
             pending = max(1, min(pending, -(-samples // batch_size)))
         self.spec, self.batch_size, self.pin, self.shared = spec, batch_size, pin, shared
+        self.ring = ring          # a DataLoader worker's `fmashard.data.shm.SharedRing`, if any
         self.dtype = getattr(torch, spec.dtype)
         self.live: dict[int, tuple] = {}
         self.keep = pending + 8   # pending buffers, the read-ahead queue and what the consumer holds
@@ -68,6 +69,8 @@ class BatchBuffers:
         when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
         multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
         shape = (self.batch_size, row_bytes(self.spec) // self.dtype.itemsize)
+        if self.ring is not None:  # a worker: a released buffer of its shared ring (fmashard.data.shm)
+            return self.ring.acquire(self.batch_size)
         if self.shared:           # it leaves for the main process: a fresh shared-memory buffer
             return torch.empty(shape, dtype=self.dtype).share_memory_()
         if self.pin:              # torch's caching host allocator reuses pinned memory

@@ -9,8 +9,6 @@ length per epoch, splits work over ranks and DataLoader workers, and has `state_
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from dataclasses import dataclass, fields
 from functools import partial
 
@@ -18,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
-from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers, finish_batch
+from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers, finish_batch, row_bytes
 from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.data.records import LocalShard, ParallelReads, iter_stream_records, stream_records
+from fmashard.data.records import LocalShard, ParallelReads, iter_stream_records, read_ahead, stream_records
+from fmashard.data.shm import RingBatch, SharedRing, ring_size
 from fmashard.errors import DataError, ErrorPolicy, StorageError, UserError, log
 from fmashard.format.spec import DatasetSpec
 from fmashard.format.tar import track_id_of
@@ -209,62 +208,39 @@ def _as_data_error(exc: Exception, policy: ErrorPolicy) -> DataError:
     return DataError(exc.url, None, str(exc).removeprefix(f"{exc.url}: "))
 
 
-_DONE = object()
-
-
-def read_ahead(iterable, depth: int):
-    """Run `iterable` in a background thread, `depth` items ahead.  File and socket reads release the
-    GIL, so reading the next batch overlaps with whatever the consumer does (decoding, compute).
-    Errors are re-raised in the consumer; abandoning the iterator stops the thread."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            items.put(exc)
-
-    thread = threading.Thread(target=produce, name="fmashard-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := items.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 class _WorkerDataset(IterableDataset):
     """What each DataLoader worker runs (or the main process, with num_workers=0)."""
 
-    def __init__(self, loader: ShardLoader, epoch: int, starts: list[int], rotation: int = 0):
-        self.spec, self.cfg = loader.spec, loader.config
+    def __init__(self, loader: ShardLoader, epoch: int, starts: list[int], rotation: int = 0,
+                 rings: list[SharedRing] | None = None):
+        self.spec, self.cfg, self.rings = loader.spec, loader.config, rings
         self.rank, self.world = loader.rank, loader.world
-        self.epoch, self.starts, self.pin = epoch, starts, loader.pin_in_worker
-        self.rotation = rotation
-        self.policy = loader.policy
+        self.pin, self.policy = loader.pin_in_worker, loader.policy
+        # (epoch, rotation, starts...): shared, so persistent workers see each pass's values
+        self.params = torch.zeros(2 + max(1, self.cfg.num_workers), dtype=torch.int64)
+        if rings is not None:
+            self.params.share_memory_()
+        self.set_pass(epoch, starts, rotation)
+
+    def set_pass(self, epoch: int, starts: list[int], rotation: int) -> None:
+        self.params[:] = torch.tensor([epoch, rotation, *starts])
 
     def __iter__(self):
         info = get_worker_info()
+        params = self.params.tolist()
+        self.epoch, self.rotation, self.starts = params[0], params[1], params[2:]
         worker, workers = ((info.id + self.rotation) % info.num_workers, info.num_workers) if info else (0, 1)
         plan = worker_plan(self.spec, self.cfg.plan_config(), self.epoch, self.rank, self.world, worker, workers)
+        ring = self.rings[info.id] if info is not None and self.rings else None
+        if ring is not None:
+            ring.start()
         buffers = BatchBuffers(self.spec, self.cfg.batch_size, pin=self.pin, shared=info is not None,
-                               pending=plan.pending, samples=plan.num_samples)
+                               pending=plan.pending, samples=plan.num_samples, ring=ring)
         stream = WorkerStream(self.spec, plan, self.policy, buffers, self.starts[worker], self.cfg.allow_pipe,
                               self.cfg.read_threads, self.cfg.check_crc)
         try:
-            yield from stream
+            for batch in stream:   # a worker with a ring sends indices only: the audio is in shared memory
+                yield batch if ring is None else ring.message(batch)
         except UserError as exc:
             if info is None:
                 raise
@@ -280,6 +256,19 @@ def require_crcs(spec: DatasetSpec) -> None:
         if len(shard.crc32) != shard.num_samples:
             raise UserError(f"{shard.url}: --check-crc: the manifest lists {len(shard.crc32)} checksums for "
                             f"{shard.num_samples} samples")
+
+
+WORKERS_NOTE = ("--workers {n}: the read threads already do the I/O in this process; workers pay off for "
+                "CPU-heavy per-sample work (--check-crc, host-side codecs)")
+_noted: list[int] = []
+
+
+def _note_workers(workers: int) -> None:
+    """Once per process, in the log (INFO): workers without CPU-heavy per-sample work only add processes.
+    The `train` and `evaluate` commands print the same note on stdout (stderr is kept for errors)."""
+    if not _noted:
+        _noted.append(workers)
+        log.info(WORKERS_NOTE.format(n=workers))
 
 
 class ShardLoader:
@@ -300,6 +289,8 @@ class ShardLoader:
         self.policy = ErrorPolicy(config.on_error)
         if config.check_crc:
             require_crcs(spec)
+        elif config.num_workers:
+            _note_workers(config.num_workers)
         pin = torch.cuda.is_available() if config.pin_memory is None else config.pin_memory
         if pin and not torch.cuda.is_available():
             raise ValueError("pin_memory=True needs CUDA, which is not available")
@@ -307,7 +298,40 @@ class ShardLoader:
         self.pin_by_loader = pin and config.num_workers > 0
         self.epoch, self.delivered, self._resume = 0, 0, 0
         self.skipped_this_epoch = 0
+        self.rings: list[SharedRing] | None = None   # num_workers > 0: one shared buffer ring per worker
+        self._dataloader, self._dataset, self._busy = None, None, False
         self.label: str | None = None   # what the skip count at the end of a pass calls it (default: epoch N)
+
+    def _new_rings(self) -> list[SharedRing]:
+        """Sized like a worker's BatchBuffers: no more rows or pending buffers than its samples fill."""
+        cfg, dtype, workers = self.config, getattr(torch, self.spec.dtype), self.config.num_workers
+        samples = max(1, *(worker_samples(self.spec, cfg.plan_config(), self.rank, self.world, w, workers)
+                           for w in range(workers)))
+        rows = min(cfg.batch_size, samples)
+        pending = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1   # as plan.worker_plan
+        count = ring_size(min(pending, -(-samples // rows)))
+        return [SharedRing(count, (rows, row_bytes(self.spec) // dtype.itemsize), dtype, self.spec.clip_samples)
+                for _ in range(workers)]
+
+    def _worker_pass(self, starts: list[int], rotation: int):
+        """(rings, batches) of a pass with DataLoader workers.  The workers, and the shared buffer
+        rings they read into (fmashard.data.shm), are made once and kept from epoch to epoch
+        (persistent workers; each pass's epoch and starting points reach them in shared memory).
+        A second pass running at the same time gets workers and rings of its own."""
+        def loader(dataset, persistent):
+            return DataLoader(dataset, batch_size=None, num_workers=self.config.num_workers,
+                              pin_memory=self.pin_by_loader,
+                              prefetch_factor=2, persistent_workers=persistent)
+        if self._busy:
+            rings = self._new_rings()
+            return rings, iter(loader(_WorkerDataset(self, self.epoch, starts, rotation, rings), False))
+        if self._dataloader is None:
+            self.rings = self._new_rings()
+            self._dataset = _WorkerDataset(self, self.epoch, starts, rotation, self.rings)
+            self._dataloader = loader(self._dataset, True)
+        self._dataset.set_pass(self.epoch, starts, rotation)   # the workers wait: they read it when told to start
+        self._busy = True
+        return self.rings, iter(self._dataloader)
 
     def _counts(self, epoch: int) -> list[int]:
         """Batches per worker this epoch (the same every epoch: only the order changes)."""
@@ -341,20 +365,30 @@ class ShardLoader:
         total = sum(counts)
         starts, rotation = round_robin(counts, self._resume)
         self.delivered, self.skipped_this_epoch = self._resume, 0
-        dataset = _WorkerDataset(self, self.epoch, starts, rotation)
+        rings = None
         if self.config.num_workers == 0:
+            dataset = _WorkerDataset(self, self.epoch, starts, rotation)
             pooled = self.config.read_threads > 1 and not any(sh.url.startswith("pipe:") for sh in self.spec.shards)
             ahead = 0 if pooled else self.config.prefetch   # the read threads read ahead themselves
             source = read_ahead(dataset, ahead) if ahead else iter(dataset)
         else:
-            source = iter(DataLoader(dataset, batch_size=None, num_workers=self.config.num_workers,
-                                     pin_memory=self.pin_by_loader, prefetch_factor=2))
-        for batch in source:
-            if isinstance(batch, UserError):
-                raise batch
-            self.delivered += 1
-            self.skipped_this_epoch += batch.skipped
-            yield batch
+            rings, source = self._worker_pass(starts, rotation)
+        by_token = {ring.token: ring for ring in rings or ()}
+        try:
+            for item in source:
+                if isinstance(item, UserError):
+                    raise item
+                # (CUDA: the DataLoader's pin thread has already copied it to pinned memory: RingBatch.pin_memory)
+                batch = by_token[item.token].receive(item) if isinstance(item, RingBatch) else item
+                self.delivered += 1
+                self.skipped_this_epoch += batch.skipped
+                yield batch
+                del batch, item
+                for ring in rings or ():
+                    ring.reclaim()
+        finally:
+            if rings is not None and rings is self.rings:
+                self._busy = False
         if self.delivered != total:
             raise RuntimeError(f"loader delivered {self.delivered} batches, planned {total}")
         if self.skipped_this_epoch:  # `label` names the pass for people (epochs count from 1 there)

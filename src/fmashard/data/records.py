@@ -11,6 +11,8 @@ parser, which names the fault.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -175,3 +177,39 @@ class _Now:
 
     def cancel(self):
         return True
+
+
+_DONE = object()
+
+
+def read_ahead(iterable, depth: int):
+    """Run `iterable` in a background thread, `depth` items ahead.  File and socket reads release the
+    GIL, so reading the next batch overlaps with whatever the consumer does (decoding, compute).
+    Errors are re-raised in the consumer; abandoning the iterator stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="fmashard-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
