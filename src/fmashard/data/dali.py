@@ -25,6 +25,7 @@ from fmashard.data.windows import WindowSpec, cropper, finish_windows, make_wind
 from fmashard.errors import CorruptSampleError, UserError
 from fmashard.format.codecs import PCM16_SCALE
 from fmashard.format.spec import DatasetSpec
+from fmashard.format.tar import split_member, track_id_of
 
 READER_NAME = "Reader"
 SHUFFLE_BUFFER = 1024
@@ -71,18 +72,9 @@ def parse_label(raw: torch.Tensor, info: str) -> int:
 
 
 def shard_and_key(info: str) -> tuple[str, str]:
-    """DALI's source_info `"/x/training-000000.tar:2560:000002.pcm"` -> (shard path, key)."""
+    """DALI's source_info `"/x/training-000000.tar:2560:000002.pcm"` -> (shard path, key), by the key rule."""
     shard, _offset, name = info.rsplit(":", 2)
-    last = name.rsplit("/", 1)[-1]
-    return shard, name[: len(name) - len(last)] + last.split(".", 1)[0]
-
-
-def track_id_of(key: str) -> int:
-    """The same rule as the torch path: the key's last path component as an integer, else -1."""
-    try:
-        return int(key.rsplit("/", 1)[-1])
-    except ValueError:
-        return -1
+    return shard, split_member(name)[0]
 
 
 def decode_text(padded: torch.Tensor) -> list[str]:

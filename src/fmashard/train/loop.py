@@ -12,7 +12,6 @@ random crops of the remaining batches.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fmashard import storage
 from fmashard.data.device import DeviceFeeder
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.windows import WindowSpec
@@ -140,8 +140,7 @@ def train(config: TrainConfig, on_step=None) -> TrainResult:
     """Train `config.model` on `config.shards`; records and checkpoints go to `config.out`.
     `on_step(step, epoch)` is called after every optimizer step (an exception from it stops the run as a
     crash would)."""
-    if config.endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = config.endpoint_url
+    storage.set_endpoint_url(config.endpoint_url)
     dist = init_distributed(config.device)
     try:
         return _train(config, dist, on_step)
