@@ -11,6 +11,7 @@ from fmashard.format.tar import (
     END_OF_ARCHIVE,
     PREAMBLE,
     ZERO_BLOCK,
+    clip_of,
     is_fixed_layout,
     key_of,
     member_header,
@@ -81,3 +82,11 @@ def test_key_and_track_id():
     assert member_name(key_of(2), "pcm") == "000002.pcm"
     assert [track_id_of(k) for k in ("000002", "train/000155", "abc", "")] == [2, 155, -1, -1]
     assert all(track_id_of(key_of(t)) == t for t in (0, 2, 999_999, 1_000_000))
+
+
+def test_clip_keys_name_their_track_and_clip():
+    assert key_of(2, 3) == "000002_0003" and key_of(1234567, 12345) == "1234567_12345"
+    assert split_member(member_name(key_of(2, 3), "pcm")) == ("000002_0003", "pcm")   # no dot: one sample
+    assert [track_id_of(k) for k in ("000002_0003", "train/000155_0000", "x_1", "2_y")] == [2, 155, -1, -1]
+    assert [clip_of(k) for k in ("000002_0003", "000002", "train/000155_0012", "x_1")] == [3, 0, 12, -1]
+    assert all((track_id_of(key_of(t, c)), clip_of(key_of(t, c))) == (t, c) for t in (0, 7, 10**6) for c in (0, 9999))

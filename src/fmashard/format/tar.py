@@ -8,8 +8,9 @@ data padded to whole blocks; the archive ends with two zero blocks.  So every re
 The key rule (one for the reader, the writer, `verify` and the DALI index): a member name is
 `<dir/>base`; its key is the directory part plus `base` up to the first dot, its extension what follows
 that dot (`train/000002.pcm` -> `train/000002`, `pcm`), as webdataset and DALI's `wds2idx` group
-members.  fmashard writes keys `f"{track_id:06d}"`; a key's track id is its last path component as an
-integer.
+members.  fmashard writes keys `f"{track_id:06d}"` (one clip per track) or `f"{track_id:06d}_{clip:04d}"`
+(`--long-tracks all`: clip `clip` of the track); a key's track id is its last path component up to the
+first `_`, as an integer, and its clip number what follows (0 without one).
 """
 from __future__ import annotations
 
@@ -51,16 +52,27 @@ def records_in(size: int, record_size: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------- keys and member names
-def key_of(track_id: int) -> str:
-    return f"{track_id:06d}"
+def key_of(track_id: int, clip: int | None = None) -> str:
+    """`000002` for a whole track, `000002_0003` for its clip 3 (a valid WebDataset key: no dot)."""
+    return f"{track_id:06d}" if clip is None else f"{track_id:06d}_{clip:04d}"
+
+
+def _key_parts(key: str) -> tuple[int, int]:
+    track, _, clip = key.rsplit("/", 1)[-1].partition("_")
+    try:
+        return int(track), int(clip) if clip else 0
+    except ValueError:
+        return -1, -1
 
 
 def track_id_of(key: str) -> int:
-    """The track id a key stands for; -1 for a key that is not a number."""
-    try:
-        return int(key.rsplit("/", 1)[-1])
-    except ValueError:
-        return -1
+    """The track id a key stands for (`000002` and `000002_0003` -> 2); -1 for a key that is not ours."""
+    return _key_parts(key)[0]
+
+
+def clip_of(key: str) -> int:
+    """The clip number of a key (`000002_0003` -> 3, `000002` -> 0); -1 for a key that is not ours."""
+    return _key_parts(key)[1]
 
 
 def member_name(key: str, ext: str) -> str:

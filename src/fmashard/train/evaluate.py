@@ -1,6 +1,7 @@
 """Evaluation: the metrics (`fmashard.train.metrics`) of a model over a split, at fixed windows (no
-transforms), summed over ranks; `evaluate_checkpoint` evaluates a saved run and adds a confusion matrix of
-the vote predictions as JSON and PNG.  `recalibrate_batchnorm` is the "precise BN" pass before it.
+transforms), summed over ranks, each track counted once over all its clips (`fmashard.train.tracks`);
+`evaluate_checkpoint` evaluates a saved run and adds a confusion matrix of the tracks' vote predictions as
+JSON and PNG.  `recalibrate_batchnorm` is the "precise BN" pass before it.
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ def evaluate(model: torch.nn.Module, loader: ShardLoader, device: torch.device, 
     ctx = ctx or nullcontext()
     was_training = model.training
     model.eval()
-    totals = MetricTotals(num_classes, device)
+    totals = MetricTotals(num_classes, device, by_track=True)
     for batch in DeviceFeeder(loader, device, window):
         if not batch.num_tracks:  # all its tracks were skipped (on_error=skip)
             continue
         with ctx:
             logits = model(batch.windows)
             loss = F.cross_entropy(logits.float(), batch.labels)
-        totals.add(logits, batch.labels, batch.num_tracks, loss)
+        totals.add(logits, batch.labels, batch.num_tracks, loss, batch.track_ids)
     model.train(was_training)
     skipped = torch.tensor([loader.skipped_this_epoch], dtype=torch.float64, device=device)
     return totals.reduced().result(int(all_reduce_sum(skipped).item()))
@@ -110,8 +111,10 @@ class EvalReport:
 
     def summary(self) -> str:
         m = self.metrics
-        return (f"{self.split}: {m.tracks} tracks, {m.windows} windows | loss {fmt(m.loss, 4)} | window acc "
-                f"{fmt(m.window_acc, 4)} | track acc vote {fmt(m.track_acc_vote, 4)} mean-logits "
+        clips = f"{m.clips} clips, " if m.clips != m.tracks else ""
+        clip_acc = f" | clip acc {fmt(m.clip_acc_vote, 4)}" if m.clips != m.tracks else ""
+        return (f"{self.split}: {m.tracks} tracks, {clips}{m.windows} windows | loss {fmt(m.loss, 4)} | window acc "
+                f"{fmt(m.window_acc, 4)}{clip_acc} | track acc vote {fmt(m.track_acc_vote, 4)} mean-logits "
                 f"{fmt(m.track_acc_mean, 4)}")
 
 
@@ -160,14 +163,15 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
                                           "split": config.split, "model": state["model_name"],
                                           "epoch": state.get("epoch"), "step": state.get("step"),
                                           **metrics.as_dict()})
-            write_confusion(out, config.split, vocabulary, metrics.confusion)
+            write_confusion(out, config.split, vocabulary, metrics.confusion, metrics.clips)
         return EvalReport(metrics, config.split, vocabulary, files)
     finally:
         dist.close()
 
 
-def write_confusion(out: Path, split: str, vocabulary, confusion) -> None:
-    """confusion_<split>.json ({vocabulary, matrix[true][predicted]}) and a labelled heat map PNG."""
+def write_confusion(out: Path, split: str, vocabulary, confusion, clips: int | None = None) -> None:
+    """confusion_<split>.json ({vocabulary, matrix[true][predicted] track counts, tracks, clips}) and a
+    labelled heat map PNG."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -177,6 +181,7 @@ def write_confusion(out: Path, split: str, vocabulary, confusion) -> None:
     matrix = [list(row) for row in confusion]
     write_json(out / f"confusion_{split}.json", {"split": split, "vocabulary": list(vocabulary),
                                                  "rows": "true genre", "columns": "predicted genre (vote)",
+                                                 "tracks": sum(map(sum, matrix)), "clips": clips,
                                                  "matrix": matrix})
     n = len(vocabulary)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n), dpi=100)
@@ -189,7 +194,8 @@ def write_confusion(out: Path, split: str, vocabulary, confusion) -> None:
     for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
-    ax.set_title(f"{split}: {sum(map(sum, matrix))} tracks")
+    of_clips = f" ({clips} clips)" if clips is not None and clips != sum(map(sum, matrix)) else ""
+    ax.set_title(f"{split}: {sum(map(sum, matrix))} tracks{of_clips}")
     fig.tight_layout()
     fig.savefig(out / f"confusion_{split}.png")
     plt.close(fig)
