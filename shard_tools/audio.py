@@ -1,14 +1,18 @@
-"""Decode one track into a fixed-length mono clip at the target rate, and encode it with its codec.
+"""Decode one track into fixed-length mono clips at the target rate, and encode them with the codec.
 
-decode (soundfile, the file's own rate and channel count) -> mono (mean of channels) ->
-resample (soxr HQ, skipped when the rates are equal) -> cut or zero-pad to `clip_samples`.
-The true length (after resampling, before the cut or pad) is kept for the sample's `.json`.
+decode (soundfile, the file's own rate and channel count; a URL is read through fmashard.storage) ->
+mono (mean of channels) -> resample (soxr HQ, skipped when the rates are equal) -> clips of
+`clip_samples`: `long_tracks="first"` keeps the first (cut or zero-padded), `"all"` cuts the whole track
+into consecutive clips every `hop_samples` and keeps a final partial clip (zero-padded) when it holds at
+least `min_seconds` of audio (`clip_starts`).  The true length (after resampling, before any cut or pad)
+is kept for each sample's `.json`.
 
 `process_track` is the function the build's worker processes run: it never raises for a bad file,
 it returns a `TrackResult` whose `reason` says why the track is skipped.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
@@ -32,19 +36,51 @@ class ClipSettings:
     clip_samples: int
     min_seconds: float
     codec: str = "pcm16"
+    long_tracks: str = "first"     # "first": one clip per track; "all": every clip (see clip_starts)
+    hop_samples: int | None = None  # "all": samples between clip starts (None: clip_samples)
+
+    @property
+    def min_samples(self) -> int:
+        return round(self.min_seconds * self.sample_rate)
+
+
+def clip_starts(num_samples: int, settings: ClipSettings) -> list[int]:
+    """Where the clips of a track of `num_samples` (at the target rate) start.  "first": [0].  "all":
+    0, hop, 2*hop, ... for every whole clip, then one partial clip (zero-padded) if what follows the last
+    start holds at least `min_seconds`; a track shorter than one clip is one clip (as with "first")."""
+    if settings.long_tracks == "first" or num_samples <= settings.clip_samples:
+        return [0]
+    hop = settings.hop_samples or settings.clip_samples
+    starts = list(range(0, num_samples - settings.clip_samples + 1, hop))
+    tail = starts[-1] + hop
+    if tail < num_samples and num_samples - tail >= max(1, settings.min_samples):
+        starts.append(tail)
+    return starts
 
 
 @dataclass(frozen=True)
 class DecodedTrack:
-    clip: np.ndarray  # float32, shape (clip_samples,)
-    num_samples: int  # true length at the target rate, before the cut or pad
+    audio: np.ndarray  # float32 mono at the target rate: the whole track ("all"), or its first clip's worth
+    num_samples: int  # true length at the target rate, before any cut or pad
     source_sample_rate: int
     source_channels: int
     source_frames: int
+    clip_samples: int
+    starts: tuple[int, ...] = (0,)   # clip starts (clip_starts)
 
     @property
     def source_duration(self) -> float:
         return self.source_frames / self.source_sample_rate
+
+    def clips(self):
+        """Each clip, cut from the audio or zero-padded to `clip_samples`."""
+        for start in self.starts:
+            yield fix_length(self.audio[start : start + self.clip_samples], self.clip_samples)
+
+    @property
+    def clip(self) -> np.ndarray:
+        """The first clip (all that "first" keeps)."""
+        return next(self.clips())
 
 
 class TrackSkipped(Exception):
@@ -88,22 +124,48 @@ def _unreadable(exc: Exception, messages: list[str]) -> str:
 
 
 def read_audio(path) -> tuple[np.ndarray, int]:
-    """(frames x channels float32, rate); `TrackSkipped` says truthfully why not."""
+    """(frames x channels float32, rate); `TrackSkipped` says truthfully why not.  A URL (`http(s)://`,
+    `s3://`) is read whole through fmashard.storage and decoded from memory."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if "://" in path:
+        source = io.BytesIO(_remote_bytes(path))
+    elif not os.path.isfile(path):
         raise TrackSkipped("missing audio file" if not os.path.exists(path) else "not a regular file")
-    if os.path.getsize(path) == 0:
+    else:
+        source = path
+    if (source.getbuffer().nbytes if isinstance(source, io.BytesIO) else os.path.getsize(path)) == 0:
         raise TrackSkipped("empty file")
     with decoder_messages() as messages:
         try:
-            return sf.read(path, dtype="float32", always_2d=True)
+            return sf.read(source, dtype="float32", always_2d=True)
         except Exception as exc:  # libsndfile/mpg123 errors, a truncated stream...
             error = exc
     raise TrackSkipped(_unreadable(error, messages))
 
 
+def _remote_bytes(url: str) -> bytes:
+    from fmashard import storage
+    from fmashard.errors import NotFoundError, UserError
+
+    try:
+        return storage.read_bytes(url)
+    except NotFoundError:
+        raise TrackSkipped("missing audio file") from None
+    except UserError as exc:   # a bad scheme, a refused or failing read: recorded, not fatal
+        raise TrackSkipped(f"cannot read ({exc})") from None
+
+
+def source_size(path: str) -> int:
+    """Bytes of the source file (the `.json`'s `source_bytes`)."""
+    if "://" in path:
+        from fmashard import storage
+
+        return storage.object_size(path)
+    return os.path.getsize(path)
+
+
 def decode_track(path, settings: ClipSettings) -> DecodedTrack:
-    """Decode, mix to mono, resample and fix the length; `TrackSkipped` names why a track is unusable."""
+    """Decode, mix to mono, resample and find the clips; `TrackSkipped` names why a track is unusable."""
     data, source_rate = read_audio(path)
     frames, channels = data.shape
     duration = frames / source_rate
@@ -113,12 +175,15 @@ def decode_track(path, settings: ClipSettings) -> DecodedTrack:
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if source_rate != settings.sample_rate:
         mono = soxr.resample(mono, source_rate, settings.sample_rate, quality="HQ")
+    num_samples = len(mono)
     return DecodedTrack(
-        clip=fix_length(mono.astype(np.float32, copy=False), settings.clip_samples),
-        num_samples=len(mono),
+        audio=mono.astype(np.float32, copy=False),
+        num_samples=int(num_samples),
         source_sample_rate=int(source_rate),
         source_channels=int(channels),
         source_frames=int(frames),
+        clip_samples=settings.clip_samples,
+        starts=tuple(clip_starts(int(num_samples), settings)),
     )
 
 
@@ -134,37 +199,61 @@ class TrackTask:
 
 
 @dataclass(frozen=True)
+class EncodedClip:
+    payload: bytes  # the encoded clip
+    meta: dict      # the sample's .json content
+    crc32: int      # of the payload, lets `verify` name the sample whose bytes changed
+
+
+@dataclass(frozen=True)
 class TrackResult:
     track_id: int
-    payload: bytes | None = None  # the encoded clip; None when skipped
-    meta: dict | None = None  # the sample's .json content
-    crc32: int = 0  # of the payload, lets `verify` name the sample whose bytes changed
+    clips: tuple[EncodedClip, ...] = ()  # one per clip_starts entry; () when skipped
     reason: str | None = None  # why the track is skipped
 
     @property
     def skipped(self) -> bool:
         return self.reason is not None
 
+    @property
+    def payload(self) -> bytes | None:
+        """The first clip's bytes (the only one under long_tracks="first"); None when skipped."""
+        return self.clips[0].payload if self.clips else None
+
+    @property
+    def meta(self) -> dict | None:
+        return self.clips[0].meta if self.clips else None
+
+    @property
+    def crc32(self) -> int:
+        return self.clips[0].crc32 if self.clips else 0
+
 
 def process_track(task: TrackTask) -> TrackResult:
     """Worker entry point: never raises for a bad track, returns a skip reason instead."""
     try:
         track = decode_track(task.path, task.settings)
-        source_bytes = os.path.getsize(task.path)
+        source_bytes = source_size(task.path)
     except TrackSkipped as exc:
         return TrackResult(task.track_id, reason=str(exc))
     except Exception as exc:  # anything else about one file must not stop the build either
         return TrackResult(task.track_id, reason=f"decode failed: {type(exc).__name__}: {exc}")
-    payload = get_codec(task.settings.codec).encode(track.clip)
+    codec, settings = get_codec(task.settings.codec), task.settings
     meta = {
         "track_id": task.track_id,
         "genre": task.genre,
         "label": task.label,
-        "sample_rate": task.settings.sample_rate,
+        "sample_rate": settings.sample_rate,
         "num_samples": track.num_samples,
         "source_sample_rate": track.source_sample_rate,
         "source_channels": track.source_channels,
         "source_duration": round(track.source_duration, 6),
         "source_bytes": source_bytes,
     }
-    return TrackResult(task.track_id, payload=payload, meta=meta, crc32=zlib.crc32(payload))
+    clips = []
+    for n, (start, clip) in enumerate(zip(track.starts, track.clips())):
+        payload = codec.encode(clip)
+        clip_meta = meta if settings.long_tracks == "first" else {
+            **meta, "clip": n, "clips": len(track.starts), "start": round(start / settings.sample_rate, 6)}
+        clips.append(EncodedClip(payload, clip_meta, zlib.crc32(payload)))
+    return TrackResult(task.track_id, clips=tuple(clips))

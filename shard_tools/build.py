@@ -1,6 +1,7 @@
-"""`build_shards(config)`: FMA mp3s -> fixed-stride shards (or the notebook's .pt files), resumable.
+"""`build_shards(config)`: audio + labels (FMA, a table, a folder per class) -> fixed-stride shards (or
+the notebook's .pt files), resumable.
 
-    metadata -> plan (tracks -> shards, fixed up front) -> keep the shards a previous run finished ->
+    selection -> plan (tracks -> shards, fixed up front) -> keep the shards a previous run finished ->
     decode/resample in worker processes (ordered imap) -> write tar + sha256 + .idx in this process ->
     journal record per shard -> manifest last.
 
@@ -26,7 +27,7 @@ from fmashard.format.tar import key_of
 from shard_tools.audio import TrackResult, TrackTask, process_track
 from shard_tools.build_config import BuildConfig, ConfigError, parse_size  # noqa: F401 - re-exported
 from shard_tools.build_output import BuildOutput, Journal, start_build
-from shard_tools.build_plan import ShardPlan, plan_shards
+from shard_tools.build_plan import ShardPlan, clip_order, plan_shards, probe_clips
 from shard_tools.manifest import make_manifest
 from shard_tools.tar_writer import ShardWriter
 
@@ -47,6 +48,7 @@ class BuildReport:
     bytes: int
     seconds: float
     workers: int
+    clips_written: int | None = None   # records, when tracks were cut into several clips
 
     @property
     def tracks_per_second(self) -> float:
@@ -55,7 +57,8 @@ class BuildReport:
     def summary(self) -> str:
         unit = "shards" if self.layout == "shards" else "chunks of files"
         kept = f", {self.shards_kept} {unit} kept from a previous run" if self.shards_kept else ""
-        return (f"{self.out}: {self.tracks_written} tracks written, {self.tracks_skipped} skipped, "
+        clips = f" ({self.clips_written} clips)" if self.clips_written not in (None, self.tracks_written) else ""
+        return (f"{self.out}: {self.tracks_written} tracks written{clips}, {self.tracks_skipped} skipped, "
                 f"{self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s, {self.tracks_per_second:.1f} tracks/s "
                 f"({self.tracks_decoded} decoded, {self.workers} worker{'s' if self.workers != 1 else ''}{kept})")
 
@@ -66,7 +69,10 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
     out = BuildOutput(config.out)
     try:
         journal = Journal(out, start_build(out, config.identity(), config.overwrite))
-        plans = plan_shards(selection.tracks, config.samples_per_shard, config.seed)
+        clips = None
+        if config.long_tracks == "all":
+            clips = probe_clips([t for refs in selection.tracks.values() for t in refs], config.clip_settings)
+        plans = plan_shards(selection.tracks, config.samples_per_shard, config.seed, clips)
         records = {p.name: r for p in plans if (r := kept_record(out, journal.load(p.name))) is not None}
         todo = [p for p in plans if p.name not in records]
         tasks = [task_of(config, track) for plan in todo for track in plan.tracks]
@@ -78,8 +84,7 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
         if not any(records[p.name]["num_samples"] for p in plans):
             journal.discard([p.name for p in plans])  # a rerun, once the audio is there, decodes it all
             raise UserError(nothing_written(config, [s for p in plans for s in records[p.name]["skipped"]]))
-        manifest = make_manifest(config, selection.vocabulary, list(selection.tracks),
-                                 [records[p.name] for p in plans], selection.excluded_no_genre)
+        manifest = make_manifest(config, selection, [records[p.name] for p in plans])
         out.write_text(MANIFEST_NAME, dump_manifest(manifest))
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
@@ -89,17 +94,21 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
     totals = manifest["totals"]
     return BuildReport(config.out, config.layout, totals["tracks_written"], totals["tracks_skipped"], len(tasks),
                        len(todo), len(plans) - len(todo), totals["bytes"], time.perf_counter() - started,
-                       config.workers)
+                       config.workers, totals["clips_written"])
 
 
 def load_build_selection(config: BuildConfig):
-    """The selection to build; every problem with the FMA folder or its metadata is one UserError."""
+    """The selection to build, each track with its audio path; every problem with the input is one UserError."""
+    if config.corpus:
+        from shard_tools.corpus import load_corpus
+
+        return load_corpus(config.corpus, config.split_ratios)
     fma_dir = Path(config.fma_dir)
     if fma_dir.exists() and not fma_dir.is_dir():
         raise UserError(f"{fma_dir}: not a folder (expected the FMA folder holding fma_metadata/)")
     if not fma_dir.is_dir():
         raise UserError(f"{fma_dir}: FMA folder not found (expected fma_metadata/ and fma_{config.subset}/ inside)")
-    from shard_tools.fma_metadata import load_selection
+    from shard_tools.fma_metadata import load_selection, with_paths
 
     try:
         selection = load_selection(fma_dir, config.subset)
@@ -114,27 +123,28 @@ def load_build_selection(config: BuildConfig):
     if not audio_dir.is_dir():
         raise UserError(f"{audio_dir}: no such folder: subset {config.subset!r} needs its audio files "
                         f"(fma_{config.subset}/ beside fma_metadata/)")
-    return selection
+    return with_paths(selection, fma_dir)
 
 
 def nothing_written(config: BuildConfig, skipped: list[dict]) -> str:
     reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
     more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    check = f"--corpus {config.corpus}"
+    if config.fma_dir:
+        check = f"--fma-dir {config.fma_dir} and --subset {config.subset}"
     return (f"{config.out}: no track written, all {len(skipped)} selected tracks were skipped ({reasons}{more}); "
-            f"check --fma-dir {config.fma_dir} and --subset {config.subset}")
+            f"check {check}")
 
 
-def relative_audio_path(config: BuildConfig, track_id: int) -> str:
-    from shard_tools.fma_metadata import audio_path
-
-    return audio_path(Path(config.fma_dir), config.subset, track_id).relative_to(config.fma_dir).as_posix()
+def shown_path(config: BuildConfig, track) -> str:
+    """A track's path as the skip list names it: as the table gave it, or relative to the input folder."""
+    if track.shown:
+        return track.shown
+    return Path(track.path).relative_to(config.fma_dir).as_posix()
 
 
 def task_of(config: BuildConfig, track) -> TrackTask:
-    from shard_tools.fma_metadata import audio_path
-
-    path = str(audio_path(Path(config.fma_dir), config.subset, track.track_id))
-    return TrackTask(track.track_id, track.genre, track.label, path, config.clip_settings)
+    return TrackTask(track.track_id, track.genre, track.label, track.path, config.clip_settings)
 
 
 # ---------------------------------------------------------------------------- resume
@@ -233,9 +243,10 @@ def _own_stderr():
 
 
 # ---------------------------------------------------------------------------- writing
-def skip_entry(config: BuildConfig, plan: ShardPlan, result: TrackResult, path: str) -> dict:
-    rel = relative_audio_path(config, result.track_id)
-    return {"track_id": result.track_id, "split": plan.split, "path": rel, "reason": result.reason.replace(path, rel)}
+def skip_entry(config: BuildConfig, plan: ShardPlan, result: TrackResult, track) -> dict:
+    rel = shown_path(config, track)
+    return {"track_id": result.track_id, "split": plan.split, "path": rel,
+            "reason": result.reason.replace(track.path, rel)}
 
 
 def write_plan(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results, advance) -> dict:
@@ -254,22 +265,37 @@ def _results_of(plan: ShardPlan, results, advance):
         yield track, result
 
 
+def _shard_records(config: BuildConfig, plan: ShardPlan, results, advance, skipped: list):
+    """(key, label, clip) of every record of the shard, in write order; skipped tracks go to `skipped`.
+    One clip per track: in plan order, as the tracks arrive.  Several: the shard's clips are gathered
+    (at most one shard of audio in memory) and written in `clip_order`."""
+    gathered = []
+    for track, result in _results_of(plan, results, advance):
+        if result.skipped:
+            skipped.append(skip_entry(config, plan, result, track))
+        elif config.long_tracks == "first":
+            yield key_of(track.track_id), track.label, result.clips[0]
+        else:
+            gathered += [(key_of(track.track_id, n), track.label, clip) for n, clip in enumerate(result.clips)]
+    if gathered:
+        for i in clip_order(len(gathered), config.seed, plan):
+            yield gathered[i]
+
+
 def write_shard(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results, advance) -> dict:
     writer, skipped = None, []
     try:
-        for track, result in _results_of(plan, results, advance):
-            if result.skipped:
-                skipped.append(skip_entry(config, plan, result, task_of(config, track).path))
-                continue
+        for key, label, clip in _shard_records(config, plan, results, advance, skipped):
             if writer is None:  # a shard whose tracks are all skipped is never written
                 writer = ShardWriter(out.local(plan.tar_path), out.local(plan.index_path), config.audio_ext,
                                      config.sample_bytes)
-            writer.add(key_of(track.track_id), track.label, result.meta, result.payload, result.crc32)
+            writer.add(key, label, clip.meta, clip.payload, clip.crc32)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    record = {"split": plan.split, "path": None, "num_samples": 0, "num_bytes": 0, "skipped": skipped}
+    record = {"split": plan.split, "path": None, "num_samples": 0, "num_bytes": 0, "skipped": skipped,
+              "num_tracks": len(plan.tracks) - len(skipped)}
     if writer is not None:
         shard = writer.commit()
         index_bytes = out.local(plan.index_path).read_bytes()
@@ -288,7 +314,7 @@ def write_files(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results,
     files, skipped = [], []
     for track, result in _results_of(plan, results, advance):
         if result.skipped:
-            skipped.append(skip_entry(config, plan, result, task_of(config, track).path))
+            skipped.append(skip_entry(config, plan, result, track))
             continue
         rel = f"{plan.split}/{key_of(track.track_id)}.pt"
         with storage.atomic_path(out.local(rel)) as tmp:   # torch.save names the archive after the path
@@ -298,5 +324,5 @@ def write_files(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results,
         files.append({"path": rel, "track_id": track.track_id, "label": track.label,
                       "num_samples": result.meta["num_samples"], "num_bytes": len(data),
                       "sha256": hashlib.sha256(data).hexdigest()})
-    return {"split": plan.split, "files": files, "num_samples": len(files),
+    return {"split": plan.split, "files": files, "num_samples": len(files), "num_tracks": len(files),
             "num_bytes": sum(f["num_bytes"] for f in files), "skipped": skipped}

@@ -1,6 +1,7 @@
 """`BuildConfig`: the typed, validated arguments of `fmashard build`, and what follows from them."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -10,8 +11,11 @@ from fmashard.format.codecs import CODECS, FILES_CODEC, SHARD_CODECS
 from fmashard.format.spec import StoredAudio
 from fmashard.format.tar import END_OF_ARCHIVE, record_bytes
 from shard_tools.audio import ClipSettings
+from shard_tools.corpus import parse_ratios
+from shard_tools.fma_metadata import BUILD_SUBSETS
 
 LAYOUTS = ("shards", "files")
+LONG_TRACKS = ("first", "all")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -32,9 +36,13 @@ def parse_size(text: int | str) -> int:
 
 @dataclass(frozen=True)
 class BuildConfig(StoredAudio):
-    fma_dir: str
-    out: str
+    fma_dir: str = ""                # FMA folder (fma_metadata/, fma_<subset>/) ...
+    out: str = ""
     subset: str = "small"
+    corpus: str = ""                 # ... or a table (CSV/TSV/JSONL) or a folder per class: shard_tools.corpus
+    split_ratios: str | tuple = "80,10,10"   # corpus without a split column: hash split (training,validation,test)
+    long_tracks: str = "first"       # first: one clip per track; all: every clip (ClipSettings)
+    clip_hop_seconds: float | None = None   # long_tracks all: seconds between clip starts (None: clip_seconds)
     workers: int | None = None  # None: os.cpu_count()
     shard_size: int | str = "256MB"
     codec: str = "pcm16"
@@ -47,14 +55,27 @@ class BuildConfig(StoredAudio):
 
     def __post_init__(self):
         set_ = object.__setattr__
-        set_(self, "fma_dir", str(self.fma_dir))
+        set_(self, "fma_dir", str(self.fma_dir or ""))
+        set_(self, "corpus", str(self.corpus or ""))
         set_(self, "out", str(self.out))
+        if bool(self.fma_dir) == bool(self.corpus):
+            raise ConfigError("input: give either --fma-dir (FMA) or --corpus (a table or a folder per class)")
+        try:
+            set_(self, "split_ratios", parse_ratios(self.split_ratios))
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.long_tracks not in LONG_TRACKS:
+            raise ConfigError(f"long_tracks: must be one of {', '.join(LONG_TRACKS)}, got {self.long_tracks!r}")
+        if self.long_tracks == "all" and self.layout != "shards":
+            raise ConfigError("long_tracks: all needs --layout shards (a .pt file holds one clip per track)")
+        if self.clip_hop_seconds is not None and not self.clip_hop_seconds > 0:
+            raise ConfigError(f"clip_hop_seconds: must be > 0, got {self.clip_hop_seconds}")
         set_(self, "shard_size", parse_size(self.shard_size))
         set_(self, "workers", (os.cpu_count() or 1) if self.workers is None else int(self.workers))
         if not self.out:
             raise ConfigError("out: an output folder or s3:// prefix is required")
-        if not self.subset:
-            raise ConfigError("subset: required (small, medium or large)")
+        if self.fma_dir and not self.subset:
+            raise ConfigError(f"subset: required ({', '.join(BUILD_SUBSETS)})")
         if self.codec not in SHARD_CODECS:
             raise ConfigError(f"codec: must be one of {', '.join(SHARD_CODECS)}, got {self.codec!r}")
         if self.layout not in LAYOUTS:
@@ -94,20 +115,34 @@ class BuildConfig(StoredAudio):
         return max(1, (self.shard_size - len(END_OF_ARCHIVE)) // self.record_bytes)
 
     @property
+    def hop_samples(self) -> int:
+        return round((self.clip_hop_seconds or self.clip_seconds) * self.sample_rate)
+
+    @property
     def clip_settings(self) -> ClipSettings:
-        return ClipSettings(self.sample_rate, self.clip_samples, self.min_seconds, self.stored_codec)
+        return ClipSettings(self.sample_rate, self.clip_samples, self.min_seconds, self.stored_codec,
+                            self.long_tracks, self.hop_samples)
 
     def params(self) -> dict:
         """The manifest's `params` (ARCHITECTURE.md)."""
-        return {"subset": self.subset, "sample_rate": self.sample_rate, "clip_seconds": float(self.clip_seconds),
-                "min_seconds": float(self.min_seconds), "codec": self.codec, "shard_size": self.shard_size,
-                "seed": self.seed}
+        params = {"subset": self.subset if self.fma_dir else None, "sample_rate": self.sample_rate,
+                  "clip_seconds": float(self.clip_seconds), "min_seconds": float(self.min_seconds),
+                  "codec": self.codec, "shard_size": self.shard_size, "seed": self.seed,
+                  "long_tracks": self.long_tracks}
+        if self.long_tracks == "all":
+            params["clip_hop_seconds"] = self.hop_samples / self.sample_rate
+        return params
 
     def identity(self) -> dict:
         """Everything that changes the output bytes (not workers, not overwrite): a resume must match it."""
         fields = asdict(self)
         for transient in ("workers", "overwrite", "out"):
             fields.pop(transient)
-        fields["fma_dir"] = os.path.abspath(self.fma_dir)
+        fields["fma_dir"] = os.path.abspath(self.fma_dir) if self.fma_dir else ""
+        fields["corpus"] = os.path.abspath(self.corpus) if self.corpus else ""
+        if self.corpus and os.path.isfile(self.corpus):   # a changed table is another build
+            with open(self.corpus, "rb") as f:
+                fields["corpus_sha256"] = hashlib.sha256(f.read()).hexdigest()
+        fields["split_ratios"] = list(self.split_ratios)
         fields["clip_seconds"], fields["min_seconds"] = float(self.clip_seconds), float(self.min_seconds)
         return fields

@@ -16,7 +16,9 @@ import pandas as pd
 from fmashard.errors import UserError
 
 SPLITS = ("training", "validation", "test")
-SUBSETS = ("small", "medium", "large")
+SUBSETS = ("small", "medium", "large")   # the values of ('set', 'subset')
+# what a build can select: `full` is every track (as `large`) with fma_full/'s untrimmed audio
+BUILD_SUBSETS = (*SUBSETS, "full")
 SUBSET_DTYPE = pd.CategoricalDtype(categories=list(SUBSETS), ordered=True)
 
 SUBSET_COLUMN = ("set", "subset")
@@ -58,16 +60,19 @@ class TrackRef:
     genre: str
     label: int
     split: str
+    path: str = ""      # what to decode: a file path or URL ("" for FMA until `with_paths`)
+    shown: str = ""     # the path as the user gave it (skip lists name it), "" for FMA's own layout
 
 
 @dataclass(frozen=True)
 class Selection:
     """The tracks of one subset to shard, per split, sorted by track_id."""
 
-    subset: str
+    subset: str          # FMA's subset, or "table" / "folder" (shard_tools.corpus)
     vocabulary: list[str]
     excluded_no_genre: int
     tracks: dict[str, list[TrackRef]]
+    split_by: str = "fma"   # where the splits come from: fma, table, hash(group), hash(path)
 
     @property
     def num_tracks(self) -> int:
@@ -108,7 +113,7 @@ def load_genres(path: str | Path) -> pd.DataFrame:
 
 
 def audio_path(fma_dir: str | Path, subset: str, track_id: int) -> Path:
-    """Where FMA keeps a clip: fma_dir/fma_{subset}/000/000002.mp3."""
+    """Where FMA keeps a track: fma_dir/fma_{subset}/000/000002.mp3 (fma_full/ for `full`)."""
     tid = f"{track_id:06d}"
     return Path(fma_dir) / f"fma_{subset}" / tid[:3] / f"{tid}.mp3"
 
@@ -126,7 +131,7 @@ def select_tracks(tracks: pd.DataFrame, subset: str, splits: tuple[str, ...] = S
     """
     check_subset(subset)
     splits = check_splits(splits)
-    in_subset = tracks[_subset_column(tracks[SUBSET_COLUMN], None) <= subset]
+    in_subset = tracks[_subset_column(tracks[SUBSET_COLUMN], None) <= ("large" if subset == "full" else subset)]
     wanted = in_subset[in_subset[SPLIT_COLUMN].isin(splits)]
     has_genre = wanted[GENRE_COLUMN].notna()
     vocabulary = label_vocabulary(in_subset)
@@ -139,6 +144,15 @@ def select_tracks(tracks: pd.DataFrame, subset: str, splits: tuple[str, ...] = S
         if not split_refs:
             raise UserError(f"no tracks with a genre_top in subset {subset!r}, split {split!r}")
     return Selection(subset, vocabulary, int((~has_genre).sum()), refs)
+
+
+def with_paths(selection: Selection, fma_dir: str | Path) -> Selection:
+    """The selection with each track's audio path filled in (FMA's own layout)."""
+    from dataclasses import replace
+
+    tracks = {split: [replace(t, path=str(audio_path(fma_dir, selection.subset, t.track_id))) for t in refs]
+              for split, refs in selection.tracks.items()}
+    return replace(selection, tracks=tracks)
 
 
 def load_selection(fma_dir: str | Path, subset: str, splits: tuple[str, ...] = SPLITS) -> Selection:
@@ -159,9 +173,9 @@ def load_selection(fma_dir: str | Path, subset: str, splits: tuple[str, ...] = S
 
 
 def check_subset(subset: str) -> None:
-    """UserError unless `subset` is one of FMA's subsets."""
-    if subset not in SUBSETS:
-        raise UserError(f"unknown subset {subset!r} (valid: {', '.join(SUBSETS)})")
+    """UserError unless `subset` is one of FMA's subsets (or `full`)."""
+    if subset not in BUILD_SUBSETS:
+        raise UserError(f"unknown subset {subset!r} (valid: {', '.join(BUILD_SUBSETS)})")
 
 
 def check_splits(splits: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:

@@ -8,13 +8,14 @@ from fmashard.format.manifest import FORMAT_VERSION, MANIFEST_FORMAT, load_manif
 from shard_tools.build_output import BUILD_FILE
 
 
-def make_manifest(config, vocabulary: list[str], splits: list[str], records: list[dict],
-                  excluded_no_genre: int) -> dict:
+def make_manifest(config, selection, records: list[dict]) -> dict:
     """`records` are the journal records of every planned shard (in plan order).  Holds no timing and
-    no worker count, so the same arguments always give the same manifest."""
+    no worker count, so the same arguments always give the same manifest.  A split's `num_samples`
+    counts records (clips), `num_tracks` the tracks they come from."""
     shards_layout = config.layout == "shards"
-    out_splits = {split: {"num_samples": 0, "num_bytes": 0, "shards" if shards_layout else "files": []}
-                  for split in splits}
+    splits, vocabulary = list(selection.tracks), selection.vocabulary
+    out_splits = {split: {"num_samples": 0, "num_tracks": 0, "num_bytes": 0,
+                          "shards" if shards_layout else "files": []} for split in splits}
     skipped = []
     for record in records:
         split = out_splits[record["split"]]
@@ -28,6 +29,7 @@ def make_manifest(config, vocabulary: list[str], splits: list[str], records: lis
             split["files"] += [{k: f[k] for k in ("path", "track_id", "label", "num_samples")}
                                for f in record["files"]]
         split["num_samples"] += record["num_samples"]
+        split["num_tracks"] += record.get("num_tracks", record["num_samples"])
         split["num_bytes"] += record["num_bytes"]
     order = {split: i for i, split in enumerate(splits)}
     skipped.sort(key=lambda s: (order[s["split"]], s["track_id"]))
@@ -43,12 +45,15 @@ def make_manifest(config, vocabulary: list[str], splits: list[str], records: lis
         "sample_bytes": config.sample_bytes,
         "record_bytes": config.record_bytes if shards_layout else None,
         "vocabulary": list(vocabulary),
+        "source": {"kind": "fma" if config.fma_dir else selection.subset, "split_by": selection.split_by,
+                   "split_ratios": None if selection.split_by in ("fma", "table") else list(config.split_ratios)},
         "splits": out_splits,
         "totals": {
-            "tracks_written": sum(s["num_samples"] for s in out_splits.values()),
+            "tracks_written": sum(s["num_tracks"] for s in out_splits.values()),
+            "clips_written": sum(s["num_samples"] for s in out_splits.values()),
             "tracks_skipped": len(skipped),
             "bytes": sum(s["num_bytes"] for s in out_splits.values()),
-            "excluded_no_genre": int(excluded_no_genre),
+            "excluded_no_genre": int(selection.excluded_no_genre),
         },
         "skipped": skipped,
     }

@@ -178,7 +178,9 @@ def test_manifest(base, fma_dir):
     planned = sum(len(refs) for refs in selection.tracks.values())
     assert manifest["format"] == "fmashard" and manifest["format_version"] == 1 and manifest["layout"] == "shards"
     assert manifest["params"] == {"subset": "small", "sample_rate": 22050, "clip_seconds": 30.0,
-                                  "min_seconds": 27.5, "codec": "pcm16", "shard_size": int(SHARD_SIZE), "seed": 0}
+                                  "min_seconds": 27.5, "codec": "pcm16", "shard_size": int(SHARD_SIZE), "seed": 0,
+                                  "long_tracks": "first"}
+    assert manifest["source"] == {"kind": "fma", "split_by": "fma", "split_ratios": None}
     assert (manifest["clip_samples"], manifest["record_bytes"], manifest["dtype"]) == (661500, RECORD, "int16")
     assert manifest["vocabulary"] == selection.vocabulary
     totals = manifest["totals"]

@@ -209,7 +209,7 @@ def test_missing_metadata_file_names_the_path(tmp_path, cli_error):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--subset", "tiny"], "unknown subset 'tiny' (valid: small, medium, large)"),
+    (["--subset", "tiny"], "unknown subset 'tiny' (valid: small, medium, large, full)"),
     (["--split", "dev"], "unknown split 'dev' (valid: training, validation, test)"),
 ])
 def test_unknown_subset_or_split_names_the_valid_ones(args, expected, demo_corpus, cli_error):

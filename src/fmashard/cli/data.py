@@ -10,23 +10,36 @@ CODEC_CHOICES = " or ".join(f"{name} ({CODECS[name].dtype})" for name in SHARD_C
 
 @app.command("build")
 def build(
-    fma_dir: str = typer.Option(..., "--fma-dir", help="FMA folder holding fma_metadata/ and fma_<subset>/."),
     out: str = typer.Option(..., "--out", help="Output folder or s3://bucket/prefix."),
-    subset: str = typer.Option("small", help="FMA subset: small, medium or large."),
+    fma_dir: str = typer.Option("", "--fma-dir", help="FMA folder holding fma_metadata/ and fma_<subset>/."),
+    subset: str = typer.Option("small", help="FMA subset: small, medium, large or full (fma_full/'s whole tracks)."),
+    corpus: str = typer.Option("", "--corpus", help="Instead of --fma-dir: a table (.csv/.tsv/.jsonl with columns "
+                               "path, label and optional split, track_id, group) or a folder per class "
+                               "(DIR/blues/*.au: GTZAN's layout)."),
+    split_ratios: str = typer.Option("80,10,10", help="--corpus without a split column: training,validation,test "
+                                     "shares, assigned by a hash of the group (else the path)."),
+    long_tracks: str = typer.Option("first", help="first: one clip per track (cut or padded); all: cut each track "
+                                    "into consecutive clips, keys {track_id:06d}_{clip:04d}."),
+    clip_hop_seconds: float | None = typer.Option(None, help="--long-tracks all: seconds between clip starts "
+                                                  "(default: --clip-seconds, no overlap)."),
     workers: int | None = typer.Option(None, help="Decode processes (default: all CPU cores)."),
     shard_size: str = typer.Option("256MB", help="Maximum shard size: 256MB, 64MiB, 4096... (MB = 2**20 bytes)."),
     codec: str = typer.Option("pcm16", help=f"Audio stored as {CODEC_CHOICES}."),
     clip_seconds: float = typer.Option(30.0, help="Clip length: longer tracks are cut, shorter zero-padded."),
     sample_rate: int = typer.Option(22050, help="Target sample rate (soxr HQ resampling)."),
-    min_seconds: float = typer.Option(27.5, help="Tracks shorter than this are skipped (listed in the manifest)."),
+    min_seconds: float = typer.Option(27.5, help="Tracks shorter than this are skipped (listed in the manifest); "
+                                      "with --long-tracks all, a final partial clip shorter than this is dropped."),
     seed: int = typer.Option(0, help="Shuffle seed for the assignment of tracks to shards."),
     layout: str = typer.Option("shards", help="shards (tar + .idx) or files (the notebook's one .pt per track)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a build made with other arguments."),
 ) -> None:
-    """Decode the FMA mp3s into fixed-stride WebDataset shards (resumable; rerun to continue)."""
+    """Decode audio (FMA, a table or a folder per class) into fixed-stride WebDataset shards (resumable; rerun to
+    continue)."""
     from shard_tools.build import BuildConfig, build_shards
 
-    config = BuildConfig(fma_dir=fma_dir, out=out, subset=subset, workers=workers, shard_size=shard_size,
+    config = BuildConfig(fma_dir=fma_dir, out=out, subset=subset, corpus=corpus, split_ratios=split_ratios,
+                         long_tracks=long_tracks, clip_hop_seconds=clip_hop_seconds, workers=workers,
+                         shard_size=shard_size,
                          codec=codec, clip_seconds=clip_seconds, sample_rate=sample_rate, min_seconds=min_seconds,
                          seed=seed, layout=layout, overwrite=overwrite)
     try:
