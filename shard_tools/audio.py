@@ -46,14 +46,16 @@ class ClipSettings:
 
 def clip_starts(num_samples: int, settings: ClipSettings) -> list[int]:
     """Where the clips of a track of `num_samples` (at the target rate) start.  "first": [0].  "all":
-    0, hop, 2*hop, ... for every whole clip, then one partial clip (zero-padded) if what follows the last
-    start holds at least `min_seconds`; a track shorter than one clip is one clip (as with "first")."""
+    0, hop, 2*hop, ... for every whole clip, then one partial clip (zero-padded) at the next hop if audio
+    is left that no whole clip holds and the partial clip holds at least `min_seconds`; a track shorter
+    than one clip is one clip (as with "first")."""
     if settings.long_tracks == "first" or num_samples <= settings.clip_samples:
         return [0]
     hop = settings.hop_samples or settings.clip_samples
     starts = list(range(0, num_samples - settings.clip_samples + 1, hop))
     tail = starts[-1] + hop
-    if tail < num_samples and num_samples - tail >= max(1, settings.min_samples):
+    uncovered = num_samples - (starts[-1] + settings.clip_samples)   # audio no whole clip holds
+    if uncovered > 0 and num_samples - tail >= max(1, settings.min_samples):
         starts.append(tail)
     return starts
 

@@ -18,7 +18,7 @@ from fmashard import storage
 from fmashard.errors import StorageError
 from fmashard.format.codecs import CODECS
 from fmashard.format.manifest import is_inside, listed_paths
-from fmashard.format.tar import BLOCK, padded, split_member, track_id_of
+from fmashard.format.tar import BLOCK, clip_of, padded, split_member, track_id_of
 from shard_tools.build_output import JOURNAL_DIR
 from shard_tools.dali_index import format_index, group_members
 from shard_tools.manifest import ManifestProblem, read_build_manifest
@@ -198,6 +198,8 @@ def check_sample(shard: str, i: int, group: list[Member], manifest: dict, crcs: 
     track_id = track_id_of(key)
     expected = {"track_id": track_id if track_id >= 0 else key, "label": label,
                 "sample_rate": manifest["sample_rate"]}
+    if "_" in key.rsplit("/", 1)[-1]:   # a clip of a longer track (--long-tracks all): its number too
+        expected["clip"] = clip_of(key)
     if vocabulary and 0 <= label < len(vocabulary):
         expected["genre"] = vocabulary[label]
     elif vocabulary:

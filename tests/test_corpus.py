@@ -28,7 +28,9 @@ def write_audio(path: Path, seconds: float, seed: int, rate: int = 22050, freq: 
     data = np.stack([x] * channels, axis=1) if channels > 1 else x
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt, subtype = FORMATS[path.suffix[1:]]
-    sf.write(path, data.astype(np.float32), rate, format=fmt, subtype=subtype)
+    with sf.SoundFile(path, "w", rate, channels, subtype, format=fmt) as f:
+        for start in range(0, len(data), 1 << 15):   # in blocks: libsndfile's Vorbis encoder crashes on
+            f.write(data[start : start + (1 << 15)].astype(np.float32))   # one long write
     return path
 
 
