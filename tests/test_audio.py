@@ -101,3 +101,12 @@ def test_fix_length():
     assert fix_length(x, 3).tolist() == [0, 1, 2]
     assert fix_length(x, 7).tolist() == [0, 1, 2, 3, 4, 0, 0]
     assert fix_length(x, 7).dtype == np.float32
+
+
+def test_to_mono_is_the_float32_mean_of_the_channels_bit_for_bit():
+    from shard_tools.audio import to_mono
+
+    rng = np.random.default_rng(3)
+    for channels in (1, 2, 3, 6):
+        data = rng.uniform(-1, 1, (10_001, channels)).astype(np.float32)
+        assert np.array_equal(to_mono(data), data.mean(axis=1, dtype=np.float32)), channels

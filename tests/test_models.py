@@ -1,14 +1,16 @@
-"""The notebook's models: pinned sizes, shapes for other windows, a few bf16 training steps on CPU."""
+"""The models: pinned sizes, shapes for other windows, a few bf16 training steps on CPU; the notebook's
+waveform models, and MelCNN on the log-mel features (its input shape the features' for the window)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fmashard.data.features import feature_shape, make_features
 from fmashard.errors import UserError
-from fmashard.models import MODELS, SoundNet1D, SoundNet1DLarge, build_model, count_parameters
+from fmashard.models import MODELS, MelCNN, SoundNet1D, SoundNet1DLarge, build_model, count_parameters, model_features
 
-NAMES = list(MODELS)
+NAMES = [name for name in MODELS if model_features(name) == "wave"]   # the waveform models
 NUM_CLASSES = 8
 WINDOW = 110_250
 
@@ -109,3 +111,98 @@ def test_bad_arguments_and_inputs_are_value_errors():
     model = SoundNet1DLarge(NUM_CLASSES, 1_000)
     with pytest.raises(ValueError, match=r"expects input \(N, 1, 1000\)"):
         model(torch.zeros(2, 1, 1_001))
+
+
+# ----------------------------------------------------------------------------- melcnn (log-mel input)
+MELCNN_PARAMETERS = 98_680   # 8 classes, any window: global pooling, the classifier takes 128 channels
+MELCNN_MIN_WINDOW = 7_680    # 16 frames of hop 512: one left after four 2x2 pools
+
+
+def test_registry_names_the_features_of_each_model():
+    assert {name: model_features(name) for name in MODELS} == {
+        "resnet1d": "wave", "soundnet": "wave", "soundnet-large": "wave", "melcnn": "logmel"}
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        model_features("nope")
+
+
+def test_melcnn_pinned_size_and_output_shape():
+    torch.manual_seed(0)
+    model = build_model("melcnn", NUM_CLASSES)
+    assert isinstance(model, MelCNN) and count_parameters(model) == MELCNN_PARAMETERS
+    assert model.fc.in_features == 128 and model.input_shape == (1, 128, 216)
+    with torch.no_grad():
+        logits = model.eval()(torch.randn(2, *model.input_shape))
+    assert logits.shape == (2, NUM_CLASSES) and logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("window", [MELCNN_MIN_WINDOW, 22_050, WINDOW, 220_500])
+def test_melcnn_input_is_the_log_mel_shape_of_the_window(window):
+    model = MODELS["melcnn"](NUM_CLASSES, window)
+    assert model.input_shape == feature_shape("logmel", window)
+    assert count_parameters(model) == MELCNN_PARAMETERS
+    with torch.no_grad():
+        features = make_features("logmel")(torch.randn(2, 1, window))
+        assert model.eval()(features).shape == (2, NUM_CLASSES)
+
+
+def test_melcnn_window_below_minimum_names_it():
+    MelCNN(NUM_CLASSES, MELCNN_MIN_WINDOW)
+    with pytest.raises(ValueError, match=f"at least {MELCNN_MIN_WINDOW:,} samples"):
+        MelCNN(NUM_CLASSES, MELCNN_MIN_WINDOW - 1)
+    with pytest.raises(UserError, match=f"at least {MELCNN_MIN_WINDOW:,} samples"):
+        build_model("melcnn", NUM_CLASSES, MELCNN_MIN_WINDOW - 1)
+
+
+def test_melcnn_refuses_waveforms_with_a_clear_message():
+    model = MelCNN(NUM_CLASSES, 22_050)
+    with pytest.raises(ValueError, match=r"expects log-mel input \(N, 1, 128, 44\), got \(2, 1, 22050\)"):
+        model(torch.zeros(2, 1, 22_050))
+
+
+def test_melcnn_a_few_bf16_adam_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = MelCNN(NUM_CLASSES, MELCNN_MIN_WINDOW)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    features, labels = torch.randn(4, *model.input_shape) * 20 - 40, torch.tensor([0, 5, 2, 7])
+    losses = []
+    for step in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(features), labels)
+        losses.append(loss.item())
+        if step < 2:
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+
+
+def test_melcnn_learns_low_from_high_tones():
+    """Two classes a log-mel model must tell apart (a 200 Hz and a 3 kHz tone at random phases and levels
+    over 40 dB): ten Adam steps on the features of the shortest window separate them, and so does the
+    evaluation-mode model once its BatchNorm statistics are re-estimated (as --precise-bn does)."""
+    generator = torch.Generator().manual_seed(0)
+    t = torch.arange(MELCNN_MIN_WINDOW) / 22_050
+    labels = torch.tensor([0, 1] * 8)
+    phase = torch.rand(16, 1, generator=generator) * 6.3
+    level = 10 ** (-torch.rand(16, 1, generator=generator) * 2)
+    freq = torch.where(labels == 0, 200.0, 3_000.0).view(-1, 1)
+    features = make_features("logmel")((level * torch.sin(2 * torch.pi * freq * t + phase)).unsqueeze(1))
+    torch.manual_seed(0)
+    model = MelCNN(2, MELCNN_MIN_WINDOW)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        loss = F.cross_entropy(model(features), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 < losses[0], losses
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None    # a cumulative average over the passes below
+    with torch.no_grad():
+        model(features)
+        accuracy = (model.eval()(features).argmax(1) == labels).float().mean()
+    assert accuracy == 1.0, float(accuracy)

@@ -104,10 +104,10 @@ def test_unsupported_url_schemes_are_named(url):
 
 
 def test_an_unknown_codec_is_named(tmp_path):
-    url = write_manifest(tmp_path, codec="mulaw8")
+    url = write_manifest(tmp_path, codec="alaw8")
     with pytest.raises(UserError) as exc:
         resolve_source(tmp_path)
-    assert str(exc.value) == f"{url}: codec 'mulaw8' is not one this fmashard reads (pcm16, f16)"
+    assert str(exc.value) == f"{url}: codec 'alaw8' is not one this fmashard reads (pcm16, f16, mulaw8)"
 
 
 def test_the_layout_follows_the_codec(tmp_path):

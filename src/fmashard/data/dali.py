@@ -2,14 +2,17 @@
 with the same shapes, dtypes and values as the torch path (`ShardLoader` -> `DeviceFeeder`).
 
     fn.readers.webdataset (local .tar + .idx)
-      -> pcm/f16 (int16/float16), cls (ASCII bytes), source_info ("shard.tar:offset:000002.pcm")
-      -> W fixed-hop slices, stacked -> cast to float32, x 1/32768 for pcm16     [inside DALI, .gpu() on GPU]
+      -> pcm/f16/mulaw8 (int16/float16/uint8), cls (ASCII bytes), source_info ("shard.tar:offset:000002.pcm")
+      -> W fixed-hop slices, stacked -> float32: cast (x 1/32768 for pcm16), or the codec's table
+         (mulaw8: fn.lookup_table, the 256 floats the torch path gathers from)   [inside DALI, .gpu() on GPU]
       -> DALIGenericIterator -> (B, W, L) -> (B*W, 1, L); labels and track ids parsed on the host (B per batch)
 
 The `transforms` (`fmashard.data.transforms`) run on the DALI output through the same code as the torch
 path (`fmashard.data.windows.finish_windows`; with a crop, the pipeline hands out whole clips and
-`make_windows` cuts them), seeded per (seed, epoch, batch index) alike.  DALI shuffles with its own reader (a buffer of
-`initial_fill` samples, shard order reshuffled every epoch); it has no exact resume.
+`make_windows` cuts them), seeded per (seed, epoch, batch index) alike, then the label-mixing transforms
+and the `features` (`fmashard.data.device.finish_device_batch`: the torch path's code, on DALI's output).
+DALI shuffles with its own reader (a buffer of `initial_fill` samples, shard order reshuffled every
+epoch); it has no exact resume.
 """
 from __future__ import annotations
 
@@ -19,11 +22,11 @@ from pathlib import Path
 import torch
 
 from fmashard import storage
-from fmashard.data.device import DeviceBatch
-from fmashard.data.transforms import batch_generator
+from fmashard.data.device import DeviceBatch, finish_device_batch
+from fmashard.data.transforms import batch_generator, split_transforms
 from fmashard.data.windows import WindowSpec, cropper, finish_windows, make_windows, samples_needed
 from fmashard.errors import CorruptSampleError, UserError
-from fmashard.format.codecs import PCM16_SCALE
+from fmashard.format.codecs import PCM16_SCALE, get_codec
 from fmashard.format.spec import DatasetSpec
 from fmashard.format.tar import split_member, track_id_of
 
@@ -89,11 +92,11 @@ class DaliLoader:
         for batch in loader: ...        # one epoch per loop; the last batch may be partial
 
     `rank`/`world_size` split the samples into contiguous ranges (DALI's `shard_id`/`num_shards`);
-    `transforms` as for `DeviceFeeder`."""
+    `transforms` and `features` as for `DeviceFeeder`."""
 
     def __init__(self, spec: DatasetSpec, window_spec: WindowSpec = WindowSpec(), batch_size: int = 8,
                  device: str = "cpu", shuffle: bool = False, seed: int = 0, num_threads: int = 2,
-                 rank: int = 0, world_size: int = 1, transforms=()):
+                 rank: int = 0, world_size: int = 1, transforms=(), features=None):
         if device not in ("cpu", "gpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
         if batch_size < 1 or num_threads < 1:
@@ -101,6 +104,7 @@ class DaliLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.transforms = tuple(transforms)
+        self.window_transforms, self.mixers = split_transforms(self.transforms)
         need = samples_needed(window_spec, self.transforms)
         if spec.clip_samples < need:
             raise ValueError(f"clips of {spec.clip_samples} samples are shorter than {window_spec.count} windows "
@@ -114,6 +118,7 @@ class DaliLoader:
         self.batch_size, self.shuffle, self.seed, self.num_threads = batch_size, shuffle, seed, num_threads
         self.rank, self.world_size = rank, world_size
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
+        self.features = None if features is None else features.to(self.device)
         self.epoch, self._iterator = 0, None
 
     def num_samples(self) -> int:
@@ -127,7 +132,8 @@ class DaliLoader:
     def _pipeline(self):
         dali, fn, types = self.dali, self.dali.fn, self.dali.types
         spec, ws = self.spec, self.window_spec
-        audio_type = types.INT16 if spec.dtype == "int16" else types.FLOAT16
+        audio_type = getattr(types, spec.dtype.upper())   # the stored dtype: INT16, FLOAT16, UINT8
+        table = get_codec(spec.codec).table
         cropped = cropper(self.transforms) is not None
         shard_shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": self.seed} if self.shuffle else {}
 
@@ -150,9 +156,13 @@ class DaliLoader:
                 clips = audio
             else:  # (W, L): W fixed-hop slices of the raw samples
                 clips = fn.stack(*[audio[k * ws.hop: k * ws.hop + ws.window] for k in range(ws.count)])
-            clips = fn.cast(clips, dtype=types.FLOAT)
-            if spec.dtype == "int16":
-                clips = clips * PCM16_SCALE
+            if table is not None:   # the codec's decode is a lookup: the same table, inside DALI
+                clips = fn.lookup_table(clips, keys=list(range(len(table))), values=table.tolist(),
+                                        dtype=types.FLOAT)
+            else:
+                clips = fn.cast(clips, dtype=types.FLOAT)
+                if spec.dtype == "int16":
+                    clips = clips * PCM16_SCALE
             return clips, fn.pad(cls, fill_value=0), info
 
         return windows_pipeline()
@@ -174,11 +184,11 @@ class DaliLoader:
         generator = batch_generator(self.seed, self.epoch, index) if self.transforms else None
         if cropper(self.transforms) is not None:   # whole clips: cut (and transformed) as on the torch path
             windows, labels, track_ids = make_windows(audio, labels, ws, generator, track_ids,
-                                                      transforms=self.transforms)
+                                                      transforms=self.window_transforms)
         else:                                      # fixed windows cut by DALI: transformed as on the torch path
             windows, labels, track_ids = finish_windows(audio.reshape(count * ws.count, ws.window), labels, ws,
-                                                        generator, track_ids, self.transforms)
-        return DeviceBatch(windows, labels, track_ids, count)
+                                                        generator, track_ids, self.window_transforms)
+        return finish_device_batch(windows, labels, track_ids, count, ws, generator, self.mixers, self.features)
 
     def __iter__(self):
         for index, (out,) in enumerate(self._dali_iterator()):

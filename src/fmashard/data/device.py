@@ -3,7 +3,9 @@
 On CUDA the raw int16 batch (pinned by the loader) is copied with `non_blocking=True` on a side stream
 while the current batch computes; the compute stream waits on an event before decoding it.  On CPU the
 same code runs without streams.  Decoding and windowing happen on the device (`fmashard.data.windows`),
-then the `transforms` (augmentations, `fmashard.data.transforms`: training passes them, evaluation none).
+then the `transforms` (augmentations, `fmashard.data.transforms`: training passes them, evaluation none;
+label-mixing ones such as Mixup last, which leave soft targets in `DeviceBatch.mix`), then the `features`
+(`fmashard.data.features`: the same for training and evaluation; none: the waveform windows).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from fmashard.data import recycle
-from fmashard.data.transforms import batch_generator
+from fmashard.data.targets import MixedLabels
+from fmashard.data.transforms import batch_generator, mix_windows, split_transforms
 from fmashard.data.windows import WindowSpec, make_windows
 from fmashard.errors import UserError
 
@@ -29,23 +32,38 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @dataclass
 class DeviceBatch:
-    windows: torch.Tensor     # (B*W, 1, L) float32
-    labels: torch.Tensor      # (B*W,) int64
+    windows: torch.Tensor     # (B*W, 1, L) float32 waveforms, or their features (logmel: (B*W, 1, M, T))
+    labels: torch.Tensor      # (B*W,) int64: each window's own track label (what the metrics score)
     track_ids: torch.Tensor   # (B*W,) int64
     num_tracks: int
+    mix: MixedLabels | None = None   # after Mixup: the soft targets of the loss (fmashard.data.targets)
+
+
+def finish_device_batch(windows: torch.Tensor, labels: torch.Tensor, track_ids: torch.Tensor, num_tracks: int,
+                 spec: WindowSpec, generator=None, mixers=(), features=None) -> DeviceBatch:
+    """The device stage's last steps, on the (B*W, 1, L) transformed windows (the torch path and the DALI
+    backend alike): the label-mixing transforms, then the features."""
+    windows, mix = mix_windows(windows, labels, spec, generator, mixers)
+    if features is not None:
+        windows = features(windows)
+    return DeviceBatch(windows, labels, track_ids, num_tracks, mix)
 
 
 class DeviceFeeder:
     """Iterate `DeviceBatch`es from an iterable of `HostBatch`es, one batch prefetched to the device.
 
-    `transforms` run in order on every batch (none: the fixed windows of `spec`); `seed`, `epoch` and the
-    batch index seed their draws (`batch_generator`), so a resumed run crops exactly as before."""
+    `transforms` run in order on every batch (none: the fixed windows of `spec`), label-mixing ones after
+    the others; `seed`, `epoch` and the batch index seed their draws (`batch_generator`), so a resumed run
+    crops and augments exactly as before.  `features` (a module of `fmashard.data.features`, moved to
+    `device` here) turns the windows into what the model takes."""
 
     def __init__(self, host_batches, device: torch.device, spec: WindowSpec = WindowSpec(),
-                 seed: int = 0, epoch: int = 0, start_index: int = 0, transforms=()):
+                 seed: int = 0, epoch: int = 0, start_index: int = 0, transforms=(), features=None):
         self.host_batches, self.device, self.spec = host_batches, device, spec
         self.seed, self.epoch, self.start_index = seed, epoch, start_index
         self.transforms = tuple(transforms)
+        self.window_transforms, self.mixers = split_transforms(self.transforms)
+        self.features = None if features is None else features.to(device)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.rows = 0   # the largest batch seen (CPU window buffers are cached at that size)
@@ -72,8 +90,10 @@ class DeviceFeeder:
             self.rows = max(self.rows, audio.shape[0])
             full = recycle.empty((self.rows * self.spec.count, self.spec.window), torch.float32, keep=4)
             out = full[: audio.shape[0] * self.spec.count]
-        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out, self.transforms)
-        return DeviceBatch(windows, labels, track_ids, audio.shape[0])
+        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out,
+                                                  self.window_transforms)
+        return finish_device_batch(windows, labels, track_ids, audio.shape[0], self.spec, generator, self.mixers,
+                            self.features)
 
     def __iter__(self):
         staged, index = None, self.start_index

@@ -45,6 +45,8 @@ class ResNet1D(nn.Module):
     `window_samples`: 512 x 2 = 1024 for 110,250 samples, as the notebook hard-codes.
     """
 
+    features = "wave"   # the input it takes: raw windows (fmashard.data.features)
+
     def __init__(self, num_classes: int, window_samples: int = 110_250):
         super().__init__()
         check_arguments("ResNet1D", num_classes, window_samples)

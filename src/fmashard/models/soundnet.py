@@ -20,6 +20,8 @@ class SoundNet1D(nn.Module):
     samples, e.g. 10-second windows of 220,500.
     """
 
+    features = "wave"   # the input it takes: raw windows (fmashard.data.features)
+
     def __init__(self, num_classes: int, window_samples: int = 110_250):
         super().__init__()
         check_arguments("SoundNet1D", num_classes, window_samples)
@@ -60,6 +62,8 @@ class SoundNet1DLarge(nn.Module):
     1,163 samples); for 110,250 samples the length is 428, so the classifier here takes
     1401 x 428 = 599,628 inputs.
     """
+
+    features = "wave"   # the input it takes: raw windows (fmashard.data.features)
 
     def __init__(self, num_classes: int, window_samples: int = 110_250):
         super().__init__()
