@@ -170,7 +170,8 @@ class Killed(BaseException):
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     # 4 training tracks, batch 2: 2 steps per epoch, 2 epochs; random crops exercise the feeder's start_index
     shards = write_run_shards(tmp_path / "shards", {"training": [2, 1, 1], "validation": [2, 1]})
-    base = dict(shards=str(shards), random_crop=True, log_batches=True, verbose=False, **TINY)
+    base = dict(shards=str(shards), random_crop=True, augment="gain=6,polarity,mixup=0.4", log_batches=True,
+                verbose=False, **TINY)   # every draw (crops, gain, sign, mixup) must repeat after the resume
     straight = train(TrainConfig(out=str(tmp_path / "a"), checkpoint_every=0, **base))
     assert (straight.steps, straight.epochs) == (4, 2)
 
@@ -229,3 +230,31 @@ def test_sigterm_saves_and_max_steps_stops_mid_epoch(tmp_path):
     assert [(m["epoch"], m["complete"]) for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == \
         [(1, True), (2, False), (2, True)]
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_augmentations_change_what_is_learned(tmp_path):
+    shards = write_run_shards(tmp_path / "shards", {"training": [2, 1, 1], "validation": [2, 1]})
+    base = dict(shards=str(shards), verbose=False, **{**TINY, "epochs": 1})
+    plain = train(TrainConfig(out=str(tmp_path / "a"), **base))
+    mixed = train(TrainConfig(out=str(tmp_path / "b"), augment="gain=6,polarity,mixup=0.4", **base))
+    a, b = (load_checkpoint(r.run_dir / "last.pt")["model"] for r in (plain, mixed))
+    assert any(not torch.equal(a[name], b[name]) for name in a if a[name].is_floating_point())
+
+
+def test_melcnn_trains_and_evaluates_on_log_mel_features(tmp_path):
+    from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint
+
+    shards = write_run_shards(tmp_path / "shards", clip_samples=16_000)
+    result = train(TrainConfig(shards=str(shards), out=str(tmp_path / "run"), model="melcnn", window_seconds=0.4,
+                               windows=2, batch_size=2, epochs=1, augment="gain=3", verbose=False))
+    assert result.steps == 3 and result.last["val_tracks"] == 3   # 5 training tracks, batch 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["features"] == "logmel"
+    report = evaluate_checkpoint(EvaluateConfig(checkpoint=str(tmp_path / "run" / "last.pt"), shards=str(shards)))
+    assert report.metrics.tracks == 3 and report.metrics.windows == 6
+
+
+def test_features_must_fit_the_model(tmp_path):
+    with pytest.raises(ValueError, match="model melcnn takes logmel input, not wave"):
+        TrainConfig(shards="s", out=str(tmp_path), model="melcnn", features="wave")
+    with pytest.raises(UserError, match="augment: unknown augmentation .reverb."):
+        TrainConfig(shards="s", out=str(tmp_path), augment="reverb")

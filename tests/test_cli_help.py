@@ -51,3 +51,10 @@ def test_flags_are_listed_bare_while_valued_options_keep_their_type(help_of, com
     for flag in flags:
         assert not after(flag).startswith("<"), f"{command} {flag}: {after(flag)}"
     assert after(valued) in ("<int>", "<str>"), f"{command} {valued}: {after(valued)}"
+
+
+def test_the_augment_syntax_in_help_is_the_parser_s():
+    from fmashard.cli.train import AUGMENT_SYNTAX as shown
+    from fmashard.data.transforms import AUGMENT_SYNTAX
+
+    assert shown == AUGMENT_SYNTAX

@@ -7,12 +7,14 @@ import typer
 
 from fmashard.cli import app
 
+AUGMENT_SYNTAX = "gain[=DB],polarity[=P],mixup[=ALPHA]"   # fmashard.data.transforms.AUGMENT_SYNTAX (torch-free here)
+
 
 @app.command("train")
 def train(
     shards: str = typer.Option(..., "--shards", help="Manifest, build folder or URL (s3://, https://) of the shards."),
     out: str = typer.Option(..., "--out", help="RUN_DIR: config.json, metrics.jsonl, last.pt, best.pt."),
-    model: str = typer.Option("resnet1d", help="resnet1d, soundnet or soundnet-large."),
+    model: str = typer.Option("resnet1d", help="resnet1d, soundnet, soundnet-large (waveforms) or melcnn (log-mel)."),
     epochs: int = typer.Option(10, help="Epochs over the training split."),
     batch_size: int = typer.Option(8, help="Tracks per optimizer step (all their windows go in one step)."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
@@ -25,6 +27,11 @@ def train(
     read_threads: int = typer.Option(2, help="Threads reading records at once, per process: the I/O (2 reach "
                                              "~90% of a raw read locally; more for object storage)."),
     random_crop: bool = typer.Option(False, "--random-crop", help="Random window starts (training only)."),
+    augment: str = typer.Option("", help=f"Training augmentations on the device, comma-separated: {AUGMENT_SYNTAX} "
+                                "(e.g. gain=6,polarity,mixup=0.2: random gain of +-6 dB, random sign, mixup with "
+                                "Beta(0.2, 0.2) and mixed labels); evaluation never augments."),
+    features: str | None = typer.Option(None, help="wave or logmel (128-band log-mel spectrogram computed on the "
+                                        "device); default: what --model takes."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     seed: int = typer.Option(0, help="Seed of the model init, the shuffle and the crops."),
     window_seconds: float = typer.Option(5.0, help="Window length in seconds."),
@@ -51,7 +58,7 @@ def train(
 
     config = TrainConfig(shards=shards, out=out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, amp=amp,
                          amp_dtype=amp_dtype, device=device, workers=workers, read_threads=read_threads,
-                         random_crop=random_crop,
+                         random_crop=random_crop, augment=augment, features=features,
                          compile=compile, seed=seed, window_seconds=window_seconds, windows=windows,
                          overlap=overlap, shuffle_buffer=shuffle_buffer, precise_bn=precise_bn, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, on_error=on_error, check_crc=check_crc,

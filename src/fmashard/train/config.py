@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from fmashard.data.transforms import RandomCrop
+from fmashard.data.features import FEATURES
+from fmashard.data.transforms import RandomCrop, parse_augment
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
-from fmashard.models import MODELS
+from fmashard.models import MODELS, model_features
 from fmashard.train.precision import AMP_DTYPES
 
 
@@ -19,7 +20,7 @@ class ConfigError(UserError, ValueError):
 class TrainConfig:
     shards: str                      # manifest / folder / URL; splits "training" and "validation" are used
     out: str                         # RUN_DIR
-    model: str = "resnet1d"          # resnet1d | soundnet | soundnet-large
+    model: str = "resnet1d"          # resnet1d | soundnet | soundnet-large | melcnn
     epochs: int = 10
     batch_size: int = 8              # tracks per optimizer step (all their windows in one step)
     lr: float = 1e-3                 # Adam, as in the notebook
@@ -29,6 +30,8 @@ class TrainConfig:
     workers: int = 0                 # DataLoader worker processes (0: read in this process)
     read_threads: int = 2            # threads reading records at once (per process)
     random_crop: bool = False        # training transform RandomCrop (see transforms())
+    augment: str = ""                # training augmentations on the device: "gain=6,polarity,mixup=0.2"
+    features: str | None = None      # wave | logmel; None: what the model takes (model_features)
     compile: bool = False
     seed: int = 0
     window_seconds: float = 5.0
@@ -73,6 +76,14 @@ class TrainConfig:
             raise ConfigError(f"on_error: must be raise or skip, got {self.on_error!r}")
         if not self.out:
             raise ConfigError("out: a run folder is required")
+        parse_augment(self.augment)   # a bad --augment is one line before anything starts
+        expected = model_features(self.model)
+        if self.features is None:
+            set_(self, "features", expected)
+        elif self.features not in FEATURES:
+            raise ConfigError(f"features: must be one of {', '.join(FEATURES)}, got {self.features!r}")
+        elif self.features != expected:
+            raise ConfigError(f"features: model {self.model} takes {expected} input, not {self.features}")
         if self.batch_size * self.windows < 2:
             raise ConfigError("batch_size: one track of one window per step cannot train BatchNorm; "
                               "use --batch-size >= 2 or --windows >= 2")
@@ -85,7 +96,7 @@ class TrainConfig:
         transforms = []
         if self.random_crop:
             transforms.append(RandomCrop())
-        return transforms
+        return transforms + parse_augment(self.augment)
 
     def as_dict(self) -> dict:
         return asdict(self)

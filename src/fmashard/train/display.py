@@ -1,5 +1,8 @@
 """The training loop's guards and display: a one-line torch.compile failure, SIGTERM/Ctrl-C asking the
-loop to stop after the current step, and the progress bar with one plain line per epoch (`format_record`)."""
+loop to stop after the current step, and the progress bar with one plain line per epoch (`format_record`).
+
+The bar never makes the loop wait for the device: the loss it shows is copied behind the step
+(`LossReadout`) and formatted when rich draws the bar, in rich's refresh thread."""
 from __future__ import annotations
 
 import os
@@ -56,6 +59,40 @@ def stop_signals():
             signal.signal(s, h)
 
 
+class LossReadout:
+    """The last loss that has reached the host, for the bar, without ever waiting for the device.
+
+    `push` (the loop, after each step) starts a copy of the step's loss into a host scalar: on CUDA into
+    pinned memory with `non_blocking=True` and an event; a step whose predecessor's copy has not arrived
+    yet is skipped.  `str()` (rich's refresh thread, when it draws the bar) shows the copy once its event
+    has completed, else the value before.  Nothing here reads a device tensor."""
+
+    def __init__(self):
+        self.host: torch.Tensor | None = None
+        self.event = None            # torch.cuda.Event of the copy in flight (None: CPU, or none yet)
+        self.shown = "-"
+
+    def _arrived(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def push(self, loss: torch.Tensor) -> None:
+        if not self._arrived():
+            return
+        cuda = loss.device.type == "cuda"
+        if self.host is None:
+            self.host = torch.empty((), dtype=torch.float32, pin_memory=cuda)
+        self.host.copy_(loss.detach(), non_blocking=cuda)
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+            self.event = event
+
+    def __str__(self) -> str:
+        if self.host is not None and self._arrived():   # a host scalar whose copy has completed
+            self.shown = f"{float(self.host):.4f}"
+        return self.shown
+
+
 class Progress:
     """A rich bar per epoch (terminal only, rank 0) and one plain line per epoch, readable in logs."""
 
@@ -75,20 +112,22 @@ class Progress:
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
         self.windows = self.tracks = self.steps = 0
         self.started = time.perf_counter()
+        self.loss = LossReadout()
         if self.bar is not None:
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=done, epoch=f"{epoch + 1}/{epochs}",
-                                          loss="-", speed="")
+                                          loss=self.loss, speed="")
 
     def advance(self, loss: torch.Tensor, windows: int, tracks: int) -> None:
+        """After a step: no read of `loss` here (see LossReadout), only host counters."""
         if self.bar is None:
             return
         self.windows, self.tracks, self.steps = self.windows + windows, self.tracks + tracks, self.steps + 1
+        self.loss.push(loss)
         fields = {}
-        if self.steps % 5 == 1:  # reading the loss waits for the device: not every step
+        if self.steps % 5 == 1:
             elapsed = time.perf_counter() - self.started
-            fields = {"loss": f"{loss.item():.4f}",
-                      "speed": f"{self.windows / elapsed:.1f} windows/s {self.tracks / elapsed:.2f} tracks/s"}
+            fields = {"speed": f"{self.windows / elapsed:.1f} windows/s {self.tracks / elapsed:.2f} tracks/s"}
         self.bar.update(self.task, advance=1, **fields)
 
     def end_epoch(self) -> None:

@@ -3,6 +3,8 @@
     dist = init_distributed("auto")     # reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR from torchrun
     ...                                 # gloo on CPU, nccl on CUDA; only dist.is_main writes files or prints
     all_reduce_sum(totals)              # metrics: sums over ranks, once per epoch (never per eval step)
+    stop_requested(flag, step)          # a SIGTERM on any rank stops all: agreed every STOP_CHECK_EVERY steps,
+                                        # on the host (gloo), so the training loop never waits for the device
     dist.close()
 
 Without torchrun (`WORLD_SIZE` unset or 1) every helper is a no-op on a single process, so the training
@@ -38,8 +40,10 @@ class DistContext:
         return self.world_size > 1
 
     def close(self) -> None:
+        global _HOST_GROUP
         if self.owns_group and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+            torch_dist.destroy_process_group()   # and every group made from it (the host group too)
+            _HOST_GROUP = None
 
 
 def init_distributed(device_name: str = "auto") -> DistContext:
@@ -59,6 +63,7 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch_dist.init_process_group("nccl", device_id=device)
+        host_group()   # collective: every rank makes it now, not at its first use
     else:
         # CPU ranks share the cores: without this every rank starts one thread per core.
         per_rank = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
@@ -109,6 +114,36 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     if not _active():
         return flag
     return bool(all_reduce_max(torch.tensor([int(flag)], device=device)).item())
+
+
+STOP_CHECK_EVERY = 20   # steps between the ranks' agreement on a stop request under DDP
+_HOST_GROUP = None      # the gloo group of host-side flags when the default group is NCCL
+
+
+def host_group():
+    """A process group whose collectives run on host (CPU) tensors: None (the default group) when that is
+    gloo already, else a gloo group made once (collective: every rank must call it, in the same order)."""
+    global _HOST_GROUP
+    if torch_dist.get_backend() == "gloo":
+        return None
+    if _HOST_GROUP is None:
+        _HOST_GROUP = torch_dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
+def stop_requested(flag: bool, step: int, every: int = STOP_CHECK_EVERY) -> bool:
+    """Whether to stop after optimizer step `step` because a stop was requested (`flag`, a signal).  One
+    process: `flag` itself.  Under DDP every rank must stop at the same step, so the ranks agree, only at
+    the steps that are multiples of `every` (every rank calls this after every step, with the same `step`):
+    a MAX over ranks of a CPU tensor in the host group, which never waits for the device (`any_rank`
+    reduces a device tensor and reads it back: a host-device sync, fine once an epoch, not per step)."""
+    if not _active():
+        return flag
+    if step % every:
+        return False
+    mine = torch.tensor([int(flag)], dtype=torch.int32)
+    torch_dist.all_reduce(mine, op=torch_dist.ReduceOp.MAX, group=host_group())
+    return bool(mine.item())   # a CPU tensor: no device involved
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

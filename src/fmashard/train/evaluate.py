@@ -27,14 +27,15 @@ from fmashard.train.run_dir import write_json
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: ShardLoader, device: torch.device, window: WindowSpec,
-             ctx=None, num_classes: int | None = None) -> EvalMetrics:
-    """Metrics of `model` over every sample of `loader` (fixed windows), summed over ranks."""
+             ctx=None, num_classes: int | None = None, features=None) -> EvalMetrics:
+    """Metrics of `model` over every sample of `loader` (fixed windows, then `features`: what the model
+    takes, `fmashard.data.features`), summed over ranks."""
     num_classes = num_classes or len(loader.spec.vocabulary)
     ctx = ctx or nullcontext()
     was_training = model.training
     model.eval()
     totals = MetricTotals(num_classes, device, by_track=True)
-    for batch in DeviceFeeder(loader, device, window):
+    for batch in DeviceFeeder(loader, device, window, features=features):
         if not batch.num_tracks:  # all its tracks were skipped (on_error=skip)
             continue
         with ctx:
@@ -48,7 +49,7 @@ def evaluate(model: torch.nn.Module, loader: ShardLoader, device: torch.device, 
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, loader: ShardLoader, device: torch.device, window: WindowSpec,
-                          max_batches: int, ctx=None) -> int:
+                          max_batches: int, ctx=None, features=None) -> int:
     """"Precise BN": re-estimate every BatchNorm's running statistics with the current weights, as the
     plain average over `max_batches` batches of `loader` (torch.optim.swa_utils.update_bn does the same).
     Early in training the running averages trail weights that change fast, so eval-mode predictions
@@ -64,7 +65,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: ShardLoader, device: t
     was_training, used = model.training, 0
     model.train()
     ctx = ctx or nullcontext()
-    for batch in DeviceFeeder(loader, device, window):
+    for batch in DeviceFeeder(loader, device, window, features=features):
         if batch.windows.shape[0] < 2:  # BatchNorm has no statistics of a batch of one
             continue
         with ctx:
@@ -121,7 +122,8 @@ class EvalReport:
 def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
     """Load a checkpoint (its model, window and vocabulary) and evaluate it on a split of `config.shards`;
     rank 0 writes eval_<split>.json, confusion_<split>.json and confusion_<split>.png into `config.out`."""
-    from fmashard.models import build_model  # noqa: PLC0415 - keeps `import fmashard.train.evaluate` light
+    from fmashard.data.features import make_features  # noqa: PLC0415
+    from fmashard.models import build_model, model_features  # noqa: PLC0415 - keeps the import light
 
     storage.set_endpoint_url(config.endpoint_url)
     state = load_checkpoint(config.checkpoint, required=("model_name", "model", "vocabulary", "window"))
@@ -154,7 +156,8 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
                                                 check_crc=config.check_crc))
         loader.label = f"{config.split} split"
         check_memory(spec, loader.config, dist.world_size)
-        metrics = evaluate(model, loader, dist.device, window, ctx, len(vocabulary))
+        features = make_features(model_features(state["model_name"]), spec.sample_rate)
+        metrics = evaluate(model, loader, dist.device, window, ctx, len(vocabulary), features)
         files = {"metrics": str(out / f"eval_{config.split}.json"),
                  "confusion_json": str(out / f"confusion_{config.split}.json"),
                  "confusion_png": str(out / f"confusion_{config.split}.png")}

@@ -13,15 +13,17 @@ random crops of the remaining batches.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fmashard import storage
 from fmashard.data.device import DeviceFeeder
+from fmashard.data.features import make_features
 from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.targets import soft_cross_entropy
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.format.spec import DatasetSpec
@@ -33,9 +35,9 @@ from fmashard.train.distributed import (
     DistContext,
     all_gather_int,
     all_reduce_sum,
-    any_rank,
     broadcast_buffers,
     init_distributed,
+    stop_requested,
 )
 from fmashard.train.evaluate import evaluate, recalibrate_batchnorm
 from fmashard.train.metrics import MetricTotals
@@ -82,6 +84,7 @@ class Run:
     spec: DatasetSpec
     window: WindowSpec
     transforms: list             # the device transforms of training batches (validation: none)
+    features: torch.nn.Module    # what the model takes, from the windows (fmashard.data.features), every split
     loader: ShardLoader          # training batches, shuffled
     val_loader: ShardLoader      # validation batches, in order
     bn_loader: ShardLoader       # training batches in order, for --precise-bn
@@ -124,11 +127,12 @@ class Epoch:
     interrupted: bool                  # a stop was requested (SIGTERM / Ctrl-C)
 
 
-def train_step(model, optimizer, scaler, ctx, windows: torch.Tensor, labels: torch.Tensor):
-    """One optimizer step on a whole batch of windows; returns the (detached) loss and logits."""
+def train_step(model, optimizer, scaler, ctx, windows: torch.Tensor, labels: torch.Tensor, mix=None):
+    """One optimizer step on a whole batch of windows; returns the (detached) loss and logits.  `mix`
+    (after Mixup): the soft targets, so the loss is the mixed cross-entropy (fmashard.data.targets)."""
     with ctx:
         logits = model(windows)
-        loss = F.cross_entropy(logits, labels)
+        loss = soft_cross_entropy(logits, labels, mix)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -193,7 +197,8 @@ def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     check_before_writing(config, loader, window, dist.device, dist.world_size)
     run_dir = Path(config.out)
     resumed = prepare_run_dir(config, run_dir, tuple(spec.vocabulary), dist.is_main)
-    run = Run(config, dist, run_dir, spec, window, transforms, loader, val_loader, bn_loader,
+    features = make_features(config.features, spec.sample_rate)
+    run = Run(config, dist, run_dir, spec, window, transforms, features, loader, val_loader, bn_loader,
               Progress(config, dist.is_main))
     return run, resumed
 
@@ -240,9 +245,23 @@ def resume(run: Run, state: TrainState, saved: dict) -> None:
     set_rng_state(saved["rng"])
 
 
+def with_track_ids(host_batches, pending: deque):
+    """The host batches, each one's track ids (host memory) appended to `pending` as it passes: the
+    DeviceFeeder runs one batch ahead, so `pending[0]` is always the device batch it yields next."""
+    for batch in host_batches:
+        pending.append(batch.track_ids)
+        yield batch
+        del batch   # hold no buffer while the loader recycles them
+
+
 def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
     """Train the rest of epoch `state.epoch` (from batch `state.batches_done`): one step per batch, last.pt
-    every `checkpoint_every` steps; stops early at max_steps or when a stop is requested."""
+    every `checkpoint_every` steps; stops early at max_steps or when a stop is requested.
+
+    The steady state never waits for the device: the metrics stay on it (MetricTotals), the bar's loss is
+    copied behind the step (display.LossReadout), --log-batches takes the track ids from the host batch,
+    and under DDP the ranks agree on a stop on the host every STOP_CHECK_EVERY steps.  Only the mid-epoch
+    last.pt (every `checkpoint_every` steps) reads the device (tests/test_loop_syncs.py)."""
     config, device, loader = run.config, run.dist.device, run.loader
     loader.set_epoch(state.epoch)
     num_batches, steps_before = len(loader), state.step
@@ -250,27 +269,29 @@ def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
     if state.train_totals is not None:
         totals.load(state.train_totals)
     started = time.perf_counter()
-    feeder = DeviceFeeder(loader, device, run.window, seed=config.seed + run.dist.rank, epoch=state.epoch,
-                          start_index=state.batches_done, transforms=run.transforms)
+    track_ids = deque() if config.log_batches else None
+    host_batches = with_track_ids(loader, track_ids) if track_ids is not None else loader
+    feeder = DeviceFeeder(host_batches, device, run.window, seed=config.seed + run.dist.rank, epoch=state.epoch,
+                          start_index=state.batches_done, transforms=run.transforms, features=run.features)
     run.progress.start_epoch(state.epoch, config.epochs, num_batches, state.batches_done)
     interrupted = False
     for batch in feeder:
+        ids = track_ids.popleft() if track_ids is not None else None
         if not batch.num_tracks:  # all its tracks were skipped (on_error=skip): nothing to learn
             state.batches_done += 1
             continue
         with compile_guard(config.compile and state.step == state.first_step):
             loss, logits = train_step(state.step_model, state.optimizer, state.scaler, state.ctx, batch.windows,
-                                      batch.labels)
+                                      batch.labels, batch.mix)
         totals.add(logits, batch.labels, batch.num_tracks, loss)
         state.step, state.batches_done = state.step + 1, state.batches_done + 1
-        if config.log_batches and run.dist.is_main:
+        if ids is not None and run.dist.is_main:
             append_jsonl(run.run_dir / "steps.jsonl", {"step": state.step, "epoch": state.epoch + 1,
-                                                       "batch": state.batches_done,
-                                                       "track_ids": batch.track_ids[::run.window.count].tolist()})
+                                                       "batch": state.batches_done, "track_ids": ids.numpy().tolist()})
         run.progress.advance(loss, batch.windows.shape[0], batch.num_tracks)
         if on_step is not None:
             on_step(state.step, state.epoch)
-        if any_rank(stop.requested, device):
+        if stop_requested(stop.requested, state.step):
             interrupted = True
             break
         if run.at_max_steps(state.step):
@@ -292,15 +313,18 @@ def validate(run: Run, state: TrainState, epoch: Epoch) -> dict:
     epoch.totals = epoch.totals.reduced()
     trained = epoch.totals.result(skipped)
     val_started = time.perf_counter()
-    recalibrate_batchnorm(state.eval_model, run.bn_loader, device, run.window, run.config.precise_bn, state.ctx)
+    recalibrate_batchnorm(state.eval_model, run.bn_loader, device, run.window, run.config.precise_bn, state.ctx,
+                          run.features)
     broadcast_buffers(state.eval_model)
     run.val_loader.label = f"validation after epoch {state.epoch + 1}"
-    val = evaluate(state.eval_model, run.val_loader, device, run.window, state.ctx, len(run.vocabulary))
+    val = evaluate(state.eval_model, run.val_loader, device, run.window, state.ctx, len(run.vocabulary),
+                   run.features)
     return {"epoch": state.epoch + 1, "step": state.step, "complete": epoch.complete,
             "train_loss": trained.loss, "train_window_acc": trained.window_acc,
             "val_loss": val.loss, "val_window_acc": val.window_acc,
             "val_track_acc_vote": val.track_acc_vote, "val_track_acc_mean": val.track_acc_mean,
-            "val_tracks": val.tracks, "tracks_per_s": trained.tracks / epoch.seconds,
+            "val_clip_acc_vote": val.clip_acc_vote, "val_tracks": val.tracks, "val_clips": val.clips,
+            "tracks_per_s": trained.tracks / epoch.seconds,   # records (clips) per second
             "windows_per_s": trained.windows / epoch.seconds, "seconds": epoch.seconds,
             "val_seconds": time.perf_counter() - val_started, "skipped": skipped + val.skipped,
             "steps_per_rank": steps_per_rank, "world_size": run.dist.world_size}
