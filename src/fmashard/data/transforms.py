@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from fmashard.data.targets import MixedLabels
+from fmashard.data.windows import to_device
 from fmashard.errors import UserError
 
 if TYPE_CHECKING:
-    from fmashard.data.windows import WindowSpec
+    from fmashard.data.windows import WindowSpec  # noqa: F401 - annotations
 
 
 def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -90,7 +91,8 @@ class RandomGain:
     def __call__(self, windows: torch.Tensor, spec: WindowSpec, generator) -> torch.Tensor:
         tracks = per_track(windows, spec)
         gain_db = (torch.rand(tracks.shape[0], generator=generator) * 2 - 1) * self.db
-        return tracks.mul_(torch.pow(10.0, gain_db / 20).to(windows.device).view(-1, 1, 1)).reshape(windows.shape)
+        gain = to_device(torch.pow(10.0, gain_db / 20), windows.device)
+        return tracks.mul_(gain.view(-1, 1, 1)).reshape(windows.shape)
 
     def __repr__(self) -> str:
         return f"RandomGain(db={self.db:g})"
@@ -107,7 +109,7 @@ class RandomPolarity:
     def __call__(self, windows: torch.Tensor, spec: WindowSpec, generator) -> torch.Tensor:
         tracks = per_track(windows, spec)
         flip = torch.rand(tracks.shape[0], generator=generator) < self.p
-        return tracks.mul_((1.0 - 2.0 * flip.float()).to(windows.device).view(-1, 1, 1)).reshape(windows.shape)
+        return tracks.mul_(to_device(1.0 - 2.0 * flip.float(), windows.device).view(-1, 1, 1)).reshape(windows.shape)
 
     def __repr__(self) -> str:
         return f"RandomPolarity(p={self.p:g})"
@@ -137,7 +139,7 @@ class Mixup:
         """(B*W, 1, L) windows and (B*W,) labels -> (mixed windows, MixedLabels)."""
         tracks = per_track(windows, spec)
         partner, weight = self.draw(tracks.shape[0], generator)
-        partner, weight = partner.to(windows.device), weight.to(windows.device)
+        partner, weight = to_device(partner, windows.device), to_device(weight, windows.device)
         mixed = tracks.index_select(0, partner).lerp_(tracks, weight.view(-1, 1, 1))   # w * own + (1-w) * partner
         track_labels = labels.reshape(-1, spec.count)[:, 0]
         mix = MixedLabels(track_labels[partner].repeat_interleave(spec.count), weight.repeat_interleave(spec.count))

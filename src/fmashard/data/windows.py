@@ -79,13 +79,22 @@ def make_windows(audio: torch.Tensor, labels: torch.Tensor, spec: WindowSpec = W
     if length < spec.window:
         raise ValueError(f"clips of {length} samples are shorter than one window ({spec.window})")
     if crop is not None:
-        starts = crop.window_starts(spec, batch, length, generator).to(audio.device)
+        starts = to_device(crop.window_starts(spec, batch, length, generator), audio.device)
         rows = torch.arange(batch, device=audio.device).repeat_interleave(spec.count)
         view = audio.unfold(1, spec.window, 1)[rows, starts.reshape(-1)]   # gathers only the windows
     else:
         view = audio.unfold(1, spec.window, spec.hop)[:, : spec.count]   # (B, W, L) strided view
     windows = decode(view, out).reshape(batch * spec.count, spec.window)
     return finish_windows(windows, labels, spec, generator, track_ids, transforms)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (the draws of a transform, made by the CPU generator) on `device` without a
+    host-device synchronisation: on CUDA through pinned memory with a non-blocking copy (torch's pinned
+    allocator keeps the buffer until the copy is done); elsewhere as it is."""
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def finish_windows(windows: torch.Tensor, labels: torch.Tensor, spec: WindowSpec,
