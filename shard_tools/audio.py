@@ -125,15 +125,13 @@ def _unreadable(exc: Exception, messages: list[str]) -> str:
     return f"unreadable audio ({'; '.join([reason.rstrip('.'), *notes[:2]])[:300]})"
 
 
-READ_BLOCK = 1 << 16   # frames decoded at a time: a (65536, channels) buffer, reused
+REUSE_BYTES = 1 << 28   # decode buffers up to this size are kept for the next track (per process)
+_buffer = np.empty(0, dtype=np.float32)
 
 
 def read_audio(path) -> tuple[np.ndarray, int, int]:
     """(mono float32, rate, channels); `TrackSkipped` says truthfully why not.  A URL (`http(s)://`,
-    `s3://`) is read whole through fmashard.storage and decoded from memory.  Decoded block by block into
-    one reused buffer and mixed to mono per block: a long track never holds its multi-channel samples in
-    memory at once (5 min of 44.1 kHz stereo is 106 MB of float32 whose fresh pages cost more than the
-    copy), and the samples are the same as one whole read's."""
+    `s3://`) is read whole through fmashard.storage and decoded from memory."""
     path = os.fspath(path)
     if "://" in path:
         source = io.BytesIO(_remote_bytes(path))
@@ -152,23 +150,24 @@ def read_audio(path) -> tuple[np.ndarray, int, int]:
 
 
 def _read_mono(source) -> tuple[np.ndarray, int, int]:
+    """One whole read, as `soundfile.read` does it (seek to 0, read every frame): libsndfile's MP3 floats
+    depend on the read pattern (blocks or a fresh open without the seek differ in the last bit), and this
+    is the pattern every earlier build and the tests' independent decode use.  The multi-channel samples
+    land in a buffer kept for the next track: 5 min of 44.1 kHz stereo is 106 MB, whose fresh pages cost
+    more than the decode's copy into them."""
+    global _buffer
     with sf.SoundFile(source) as f:
         channels, rate = f.channels, f.samplerate
-        buffer = np.empty((READ_BLOCK, channels), dtype=np.float32)
-        parts, total = [], 0
-        mono = np.empty(max(f.frames, 0) if f.frames < 2**40 else 0, dtype=np.float32)  # frames may be a guess
-        while True:
-            block = f.read(READ_BLOCK, dtype="float32", always_2d=True, out=buffer)
-            if not len(block):
-                break
-            mixed = to_mono(block)
-            if total + len(block) <= len(mono):
-                mono[total : total + len(block)] = mixed
-            else:
-                parts.append(np.array(mixed, dtype=np.float32))
-            total += len(block)
-    mono = mono[: min(total, len(mono))]
-    return (np.concatenate([mono, *parts]) if parts else mono), rate, channels
+        if f.seekable():
+            f.seek(0)
+        frames = max(f.frames - f.tell(), 0)
+        out = None
+        if frames * channels * 4 <= REUSE_BYTES:
+            if _buffer.size < frames * channels:
+                _buffer = np.empty(frames * channels, dtype=np.float32)
+            out = _buffer[: frames * channels].reshape(frames, channels)
+        data = f.read(frames, dtype="float32", always_2d=True, out=out)
+    return np.ascontiguousarray(to_mono(data), dtype=np.float32), rate, channels
 
 
 def _remote_bytes(url: str) -> bytes:
