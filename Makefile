@@ -16,7 +16,7 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,dali]'
+	$(BIN)/pip install --quiet -e '.[dev,dali,ray]'
 	touch $@ $(VENV)/.installed-base
 
 install: $(VENV)/.installed-base

@@ -2,38 +2,29 @@
 the notebook's .pt files), resumable.
 
     selection -> plan (tracks -> shards, fixed up front) -> keep the shards a previous run finished ->
-    decode/resample in worker processes (ordered imap) -> write tar + sha256 + .idx in this process ->
-    journal record per shard -> manifest last.
+    one task per remaining shard (shard_tools.shard_task: decode, write tar + sha256 + .idx, commit),
+    run by an engine (shard_tools.engines: local process pool or Ray) -> journal each record as it
+    arrives -> manifest last.
 
-Output bytes depend only on the arguments in `BuildConfig.identity()`, never on the worker count.
+Output bytes depend only on the arguments in `BuildConfig.identity()`, never on the engine or worker count.
 """
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmashard import storage
 from fmashard.errors import UserError
 from fmashard.format.manifest import MANIFEST_NAME, dump_manifest
-from fmashard.format.tar import key_of
-from shard_tools.audio import TrackResult, TrackTask, process_track
 from shard_tools.build_config import BuildConfig, ConfigError, parse_size  # noqa: F401 - re-exported
 from shard_tools.build_output import BuildOutput, Journal, start_build
-from shard_tools.build_plan import ShardPlan, clip_order, plan_shards, probe_clips
+from shard_tools.build_plan import plan_shards, probe_clips
+from shard_tools.engines import ENGINES
 from shard_tools.manifest import make_manifest
-from shard_tools.tar_writer import ShardWriter
-
-# forkserver: workers are forked from a clean server process (no inherited torch/CUDA/thread state) that
-# has imported shard_tools.audio once; measured 0.25-0.35 s faster per build than spawn with 2 workers.
-MP_START_METHOD = "forkserver"
+from shard_tools.shard_task import ShardTask, shown_path, track_task  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -75,12 +66,13 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
         plans = plan_shards(selection.tracks, config.samples_per_shard, config.seed, clips)
         records = {p.name: r for p in plans if (r := kept_record(out, journal.load(p.name))) is not None}
         todo = [p for p in plans if p.name not in records]
-        tasks = [task_of(config, track) for plan in todo for track in plan.tracks]
-        with track_progress(len(tasks), progress) as advance, decoded_tracks(tasks, config.workers) as results:
-            for plan in todo:
-                record = write_plan(out, config, plan, results, advance)
-                journal.save(plan.name, record)
-                records[plan.name] = record
+        tasks = [ShardTask(config, plan) for plan in todo]
+        engine = ENGINES[config.engine]
+        with track_progress(sum(len(p.tracks) for p in todo), progress) as advance, \
+                engine(tasks, config, out, advance) as done:
+            for task, record in done:
+                journal.save(task.name, record)
+                records[task.name] = record
         if not any(records[p.name]["num_samples"] for p in plans):
             journal.discard([p.name for p in plans])  # a rerun, once the audio is there, decodes it all
             raise UserError(nothing_written(config, [s for p in plans for s in records[p.name]["skipped"]]))
@@ -92,7 +84,8 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
     finally:
         out.close()
     totals = manifest["totals"]
-    return BuildReport(config.out, config.layout, totals["tracks_written"], totals["tracks_skipped"], len(tasks),
+    return BuildReport(config.out, config.layout, totals["tracks_written"], totals["tracks_skipped"],
+                       sum(len(p.tracks) for p in todo),
                        len(todo), len(plans) - len(todo), totals["bytes"], time.perf_counter() - started,
                        config.workers, totals["clips_written"])
 
@@ -136,15 +129,8 @@ def nothing_written(config: BuildConfig, skipped: list[dict]) -> str:
             f"check {check}")
 
 
-def shown_path(config: BuildConfig, track) -> str:
-    """A track's path as the skip list names it: as the table gave it, or relative to the input folder."""
-    if track.shown:
-        return track.shown
-    return Path(track.path).relative_to(config.fma_dir).as_posix()
-
-
-def task_of(config: BuildConfig, track) -> TrackTask:
-    return TrackTask(track.track_id, track.genre, track.label, track.path, config.clip_settings)
+def task_of(config: BuildConfig, track):
+    return track_task(config, track)
 
 
 # ---------------------------------------------------------------------------- resume
@@ -162,41 +148,7 @@ def kept_record(out: BuildOutput, record: dict | None) -> dict | None:
     return record
 
 
-# ---------------------------------------------------------------------------- decoding
-@contextmanager
-def decoded_tracks(tasks: list[TrackTask], workers: int):
-    """Yield an iterator of `TrackResult` in task order.  One worker: decode in this process (no IPC).
-    More: a process pool; at most 4 results per worker wait in memory (the feeder blocks)."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield map(process_track, tasks)
-        return
-    permits, stop = threading.Semaphore(4 * workers), threading.Event()
-
-    def throttled():
-        for task in tasks:
-            while not permits.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            yield task
-
-    def released(results):
-        for result in results:
-            permits.release()
-            yield result
-
-    context = multiprocessing.get_context(MP_START_METHOD)
-    if MP_START_METHOD == "forkserver":
-        context.set_forkserver_preload(["shard_tools.audio"])
-    pool = context.Pool(
-        min(workers, len(tasks)), initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-    try:
-        yield released(pool.imap(process_track, throttled()))
-    finally:
-        stop.set()
-        pool.terminate()
-        pool.join()
-
-
+# ---------------------------------------------------------------------------- progress
 @contextmanager
 def track_progress(total: int, enabled: bool):
     """A rich progress bar on stderr (tracks/s, ETA); yields `advance()`."""
@@ -240,89 +192,3 @@ def _own_stderr():
     except (AttributeError, OSError, ValueError):  # a replaced sys.stderr (pytest's capsys)
         pass
     return None
-
-
-# ---------------------------------------------------------------------------- writing
-def skip_entry(config: BuildConfig, plan: ShardPlan, result: TrackResult, track) -> dict:
-    rel = shown_path(config, track)
-    return {"track_id": result.track_id, "split": plan.split, "path": rel,
-            "reason": result.reason.replace(track.path, rel)}
-
-
-def write_plan(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results, advance) -> dict:
-    """Consume this shard's results (in plan order) and write it; return its journal record."""
-    out.local(plan.split).mkdir(parents=True, exist_ok=True)
-    write = write_shard if config.layout == "shards" else write_files
-    return write(out, config, plan, results, advance)
-
-
-def _results_of(plan: ShardPlan, results, advance):
-    for track in plan.tracks:
-        result = next(results)
-        advance()
-        if result.track_id != track.track_id:  # the ordered imap guarantees this; a bug otherwise
-            raise RuntimeError(f"{plan.name}: expected track {track.track_id}, got {result.track_id}")
-        yield track, result
-
-
-def _shard_records(config: BuildConfig, plan: ShardPlan, results, advance, skipped: list):
-    """(key, label, clip) of every record of the shard, in write order; skipped tracks go to `skipped`.
-    One clip per track: in plan order, as the tracks arrive.  Several: the shard's clips are gathered
-    (at most one shard of audio in memory) and written in `clip_order`."""
-    gathered = []
-    for track, result in _results_of(plan, results, advance):
-        if result.skipped:
-            skipped.append(skip_entry(config, plan, result, track))
-        elif config.long_tracks == "first":
-            yield key_of(track.track_id), track.label, result.clips[0]
-        else:
-            gathered += [(key_of(track.track_id, n), track.label, clip) for n, clip in enumerate(result.clips)]
-    if gathered:
-        for i in clip_order(len(gathered), config.seed, plan):
-            yield gathered[i]
-
-
-def write_shard(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results, advance) -> dict:
-    writer, skipped = None, []
-    try:
-        for key, label, clip in _shard_records(config, plan, results, advance, skipped):
-            if writer is None:  # a shard whose tracks are all skipped is never written
-                writer = ShardWriter(out.local(plan.tar_path), out.local(plan.index_path), config.audio_ext,
-                                     config.sample_bytes)
-            writer.add(key, label, clip.meta, clip.payload, clip.crc32)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    record = {"split": plan.split, "path": None, "num_samples": 0, "num_bytes": 0, "skipped": skipped,
-              "num_tracks": len(plan.tracks) - len(skipped)}
-    if writer is not None:
-        shard = writer.commit()
-        index_bytes = out.local(plan.index_path).read_bytes()
-        record.update(path=plan.tar_path, index=plan.index_path, num_samples=shard.num_samples,
-                      num_bytes=shard.num_bytes, sha256=shard.sha256, index_bytes=len(index_bytes),
-                      index_sha256=hashlib.sha256(index_bytes).hexdigest(), keys=shard.keys, crc32=shard.crc32)
-        out.publish([plan.index_path, plan.tar_path])  # .idx first: a present .tar implies its .idx
-    return record
-
-
-def write_files(out: BuildOutput, config: BuildConfig, plan: ShardPlan, results, advance) -> dict:
-    """--layout files: the original notebook's one float32 tensor per track (`{split}/{track_id:06d}.pt`)."""
-    import numpy as np
-    import torch
-
-    files, skipped = [], []
-    for track, result in _results_of(plan, results, advance):
-        if result.skipped:
-            skipped.append(skip_entry(config, plan, result, track))
-            continue
-        rel = f"{plan.split}/{key_of(track.track_id)}.pt"
-        with storage.atomic_path(out.local(rel)) as tmp:   # torch.save names the archive after the path
-            torch.save(torch.from_numpy(np.frombuffer(result.payload, dtype="<f4").copy()), tmp)
-            data = tmp.read_bytes()
-        out.publish([rel])
-        files.append({"path": rel, "track_id": track.track_id, "label": track.label,
-                      "num_samples": result.meta["num_samples"], "num_bytes": len(data),
-                      "sha256": hashlib.sha256(data).hexdigest()})
-    return {"split": plan.split, "files": files, "num_samples": len(files), "num_tracks": len(files),
-            "num_bytes": sum(f["num_bytes"] for f in files), "skipped": skipped}

@@ -16,6 +16,7 @@ from shard_tools.fma_metadata import BUILD_SUBSETS
 
 LAYOUTS = ("shards", "files")
 LONG_TRACKS = ("first", "all")
+ENGINE_NAMES = ("local", "ray")   # shard_tools.engines.ENGINES (imported lazily there: Ray is optional)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -52,6 +53,8 @@ class BuildConfig(StoredAudio):
     seed: int = 0
     layout: str = "shards"
     overwrite: bool = False
+    engine: str = "local"            # who runs the shard tasks: shard_tools.engines (not part of identity())
+    ray_address: str = ""            # --engine ray: a cluster address ("auto", "ray://host:10001"); "": start one
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -80,6 +83,10 @@ class BuildConfig(StoredAudio):
             raise ConfigError(f"codec: must be one of {', '.join(SHARD_CODECS)}, got {self.codec!r}")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout: must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.engine not in ENGINE_NAMES:
+            raise ConfigError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {self.engine!r}")
+        if self.ray_address and self.engine != "ray":
+            raise ConfigError("ray_address: only with --engine ray")
         if self.workers < 1:
             raise ConfigError(f"workers: must be >= 1, got {self.workers}")
         if self.shard_size <= 0:
@@ -134,9 +141,9 @@ class BuildConfig(StoredAudio):
         return params
 
     def identity(self) -> dict:
-        """Everything that changes the output bytes (not workers, not overwrite): a resume must match it."""
+        """Everything that changes the output bytes (not workers, engine, overwrite): a resume must match it."""
         fields = asdict(self)
-        for transient in ("workers", "overwrite", "out"):
+        for transient in ("workers", "overwrite", "out", "engine", "ray_address"):
             fields.pop(transient)
         fields["fma_dir"] = os.path.abspath(self.fma_dir) if self.fma_dir else ""
         fields["corpus"] = os.path.abspath(self.corpus) if self.corpus else ""

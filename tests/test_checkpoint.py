@@ -183,6 +183,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
         train(TrainConfig(out=str(tmp_path / "b"), checkpoint_every=1, **base), on_step=kill_at_4)
     state = load_checkpoint(tmp_path / "b" / "last.pt")
     assert (state["epoch"], state["step"], state["batches_done"]) == (1, 3, 1)
+    assert state["schedule"]["name"] == "cosine" and state["lr"] < 1e-3   # the default schedule, past its peak
     assert len(read_jsonl(tmp_path / "b" / "steps.jsonl")) == 4  # step 4 was logged, then the kill
     resumed = train(TrainConfig(out=str(tmp_path / "b"), checkpoint_every=1, resume=True, **base))
     assert (resumed.steps, resumed.epochs, resumed.interrupted) == (4, 2, False)
@@ -192,7 +193,9 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert order_b == order_a and len(order_a) == 4
     assert sorted(sum(order_a[:2], [])) == sorted(sum(order_a[2:], []))  # each epoch sees every track once
     # (that epochs are reshuffled is test_loader's: with 4 tracks two epochs may well agree by chance)
-    a, b = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    last_a, last_b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert last_b["lr"] == last_a["lr"] and last_b["schedule"] == last_a["schedule"]   # the same rate curve
+    a, b = last_a["model"], last_b["model"]
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)

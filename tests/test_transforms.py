@@ -76,8 +76,8 @@ def test_normalize_tracks_zero_mean_unit_std():
 
 
 def test_training_config_builds_the_list():
-    assert TrainConfig(shards="x", out="y").transforms() == []
-    crops = TrainConfig(shards="x", out="y", random_crop=True).transforms()
+    assert TrainConfig(shards="x", out="y", augment="none").transforms() == []
+    crops = TrainConfig(shards="x", out="y", random_crop=True, augment="none").transforms()
     assert len(crops) == 1 and isinstance(crops[0], RandomCrop)
 
 
@@ -96,7 +96,7 @@ def test_training_crops_and_evaluation_passes_no_transforms(tmp_path, monkeypatc
     monkeypatch.setattr(fmashard.train.evaluate, "DeviceFeeder", recording("evaluate"))
     shards = write_run_shards(tmp_path / "shards", {"training": [2, 2], "validation": [2]})
     config = TrainConfig(shards=str(shards), out=str(tmp_path / "run"), random_crop=True, precise_bn=1,
-                         verbose=False, **{**TINY, "epochs": 1})
+                         augment="none", verbose=False, **{**TINY, "epochs": 1})
     assert train(config).steps == 2
     assert len(seen["train"]) == 1 and [type(t) for t in seen["train"][0]] == [RandomCrop]
     assert len(seen["evaluate"]) == 2 and all(t == () for t in seen["evaluate"])   # precise BN, validation

@@ -22,7 +22,12 @@ def build(
                                     "into consecutive clips, keys {track_id:06d}_{clip:04d}."),
     clip_hop_seconds: float | None = typer.Option(None, help="--long-tracks all: seconds between clip starts "
                                                   "(default: --clip-seconds, no overlap)."),
-    workers: int | None = typer.Option(None, help="Decode processes (default: all CPU cores)."),
+    workers: int | None = typer.Option(None, help="Decode processes (default: all CPU cores; --engine ray without "
+                                       "--ray-address: the CPUs of the local Ray started for the run)."),
+    engine: str = typer.Option("local", help="Who runs the one-task-per-shard build: local (a process pool) or ray "
+                               "(a Ray cluster; pip install 'fmashard[ray]'). The output bytes are the same."),
+    ray_address: str = typer.Option("", "--ray-address", help="--engine ray: the cluster to join (auto, "
+                                    "ray://HOST:10001); default: start a local Ray for this run."),
     shard_size: str = typer.Option("256MB", help="Maximum shard size: 256MB, 64MiB, 4096... (MB = 2**20 bytes)."),
     codec: str = typer.Option("pcm16", help=f"Audio stored as {CODEC_CHOICES}."),
     clip_seconds: float = typer.Option(30.0, help="Clip length: longer tracks are cut, shorter zero-padded."),
@@ -41,7 +46,7 @@ def build(
                          long_tracks=long_tracks, clip_hop_seconds=clip_hop_seconds, workers=workers,
                          shard_size=shard_size,
                          codec=codec, clip_seconds=clip_seconds, sample_rate=sample_rate, min_seconds=min_seconds,
-                         seed=seed, layout=layout, overwrite=overwrite)
+                         seed=seed, layout=layout, overwrite=overwrite, engine=engine, ray_address=ray_address)
     try:
         report = build_shards(config, progress=True)
     except KeyboardInterrupt:  # finished shards are journaled: the same command resumes from them

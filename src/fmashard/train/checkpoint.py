@@ -113,3 +113,45 @@ def window_of(record: dict) -> WindowSpec:
     if not isinstance(record, dict):
         raise TypeError(f"expected a mapping, got {type(record).__name__}")
     return WindowSpec(**{k: v for k, v in record.items() if k not in AUGMENTATION_KEYS})
+
+
+# ---------------------------------------------------------------------------------------- best.pt
+BEST_METRIC = "val_track_acc_mean"   # validation track accuracy by mean logits (steadier than the vote)
+BEST_EPOCHS = 3                      # ... averaged over the epoch and the two complete epochs before it
+BEST_RULE = ("best.pt: the epoch with the highest validation track accuracy by mean logits averaged over it and "
+             "the 2 epochs before it (fewer at the start); a tie goes to the lower validation loss")
+
+
+def best_candidate(record: dict, recent: list[float]) -> dict | None:
+    """The best.pt entry an epoch's metrics record would make (None without validation tracks); `recent`:
+    BEST_METRIC of the complete epochs before it, oldest first."""
+    value = record.get(BEST_METRIC)
+    if value is None:
+        return None
+    window = ([*recent, value])[-BEST_EPOCHS:]
+    return {"metric": f"{BEST_METRIC} mean of last {BEST_EPOCHS} epochs", "score": sum(window) / len(window),
+            "val_loss": record["val_loss"], BEST_METRIC: value, "val_track_acc_vote": record["val_track_acc_vote"],
+            "epoch": record["epoch"], "step": record["step"]}
+
+
+def is_better(candidate: dict | None, best: dict | None, eps: float = 1e-9) -> bool:
+    """BEST_RULE: a higher score, or the same score (within `eps`) and a lower validation loss.  A best
+    entry without a score (a checkpoint of an older fmashard) is always replaced."""
+    if candidate is None:
+        return False
+    if best is None or "score" not in best:
+        return True
+    if abs(candidate["score"] - best["score"]) > eps:
+        return candidate["score"] > best["score"]
+    return candidate["val_loss"] < best["val_loss"]
+
+
+def select_best(best: dict | None, recent: list[float], record: dict, complete: bool):
+    """After an epoch's metrics `record`: (the best.pt entry, the BEST_METRIC of the last complete epochs,
+    whether this epoch is the new best.pt).  An incomplete epoch (max_steps) is scored but not kept in
+    `recent` (its resumed, complete record follows)."""
+    candidate = best_candidate(record, recent)
+    improved = is_better(candidate, best)
+    if complete and record.get(BEST_METRIC) is not None:
+        recent = [*recent, record[BEST_METRIC]][-BEST_EPOCHS:]
+    return (candidate if improved else best), recent, improved

@@ -9,7 +9,13 @@ from fmashard.data.transforms import RandomCrop, parse_augment
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.models import MODELS, model_features
+from fmashard.train.optim import OPTIMIZERS, SCHEDULES
 from fmashard.train.precision import AMP_DTYPES
+
+# The notebook's recipe (plain Adam, constant rate, no augmentation, no BatchNorm recalibration), which the
+# defaults replace: `TrainConfig(..., **NOTEBOOK_RECIPE)` or the flags of `fmashard train --help`.
+NOTEBOOK_RECIPE = dict(optimizer="adam", lr_schedule="none", augment="none", precise_bn=0)
+DEFAULT_AUGMENT = "gain=6,polarity,mixup=0.2"
 
 
 class ConfigError(UserError, ValueError):
@@ -23,14 +29,18 @@ class TrainConfig:
     model: str = "resnet1d"          # resnet1d | soundnet | soundnet-large | melcnn
     epochs: int = 10
     batch_size: int = 8              # tracks per optimizer step (all their windows in one step)
-    lr: float = 1e-3                 # Adam, as in the notebook
+    lr: float = 1e-3                 # the peak learning rate (the notebook's Adam rate)
+    optimizer: str = "adamw"         # adamw | adam (fmashard.train.optim.OPTIMIZERS)
+    weight_decay: float | None = None  # None: adamw 0.05, adam 0; never on BatchNorm weights or biases
+    lr_schedule: str = "cosine"      # cosine (linear warm-up, then cosine to 0) | onecycle | none
+    warmup: float = 0.05             # warm-up: a fraction of the run's steps in [0, 1), or a step count >= 1
     amp: bool = False
     amp_dtype: str = "auto"          # auto (bf16 where supported, else fp16) | bf16 | fp16
     device: str = "auto"
     workers: int = 0                 # DataLoader worker processes (0: read in this process)
     read_threads: int = 2            # threads reading records at once (per process)
     random_crop: bool = False        # training transform RandomCrop (see transforms())
-    augment: str = ""                # training augmentations on the device: "gain=6,polarity,mixup=0.2"
+    augment: str = DEFAULT_AUGMENT   # training augmentations on the device ("none": off)
     features: str | None = None      # wave | logmel; None: what the model takes (model_features)
     compile: bool = False
     seed: int = 0
@@ -38,8 +48,8 @@ class TrainConfig:
     windows: int = 7
     overlap: float = 0.25
     shuffle_buffer: int = 64
-    precise_bn: int = 0              # re-estimate BatchNorm statistics on this many training batches before
-                                     # each validation (helps short runs; 0: off)
+    precise_bn: int = 8              # re-estimate BatchNorm statistics on this many training batches before
+                                     # each validation (8 forward passes: cheap; 0: off)
     max_steps: int | None = None     # stop after this many optimizer steps (counted over the whole run)
     checkpoint_every: int = 200      # steps between mid-epoch last.pt saves (0: epoch ends only)
     on_error: str = "raise"
@@ -64,6 +74,14 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"lr_schedule: must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.weight_decay is not None and not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"weight_decay: must be in [0, 1), got {self.weight_decay}")
+        if self.warmup < 0 or (self.warmup >= 1 and not float(self.warmup).is_integer()):
+            raise ConfigError(f"warmup: a fraction in [0, 1) or a whole number of steps, got {self.warmup}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ConfigError(f"amp_dtype: must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if not self.window_seconds > 0:

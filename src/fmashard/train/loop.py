@@ -3,7 +3,11 @@
     shards --ShardLoader--> host batches of B tracks --DeviceFeeder(transforms)--> (B*W, 1, L) windows on
     the device --> ONE optimizer step per batch (all W windows of all B tracks) --> after each epoch:
     validation (loss, window accuracy, track accuracy by vote and by mean logits), metrics.jsonl, last.pt,
-    best.pt.
+    best.pt (`checkpoint.BEST_RULE`).
+
+The optimizer and the learning rate of each step come from `fmashard.train.optim` (default: AdamW, linear
+warm-up then cosine over the run's `epochs * batches per epoch` steps); the rate is set from the global step
+before every step, so a resumed run follows the same curve.
 
 Precision follows nanoGPT (`fmashard.train.precision`): one `ctx` and `GradScaler(enabled=fp16)`.  Under
 `torchrun` the same loop runs DDP (see distributed.py).  `--resume` continues from last.pt exactly: the
@@ -28,7 +32,7 @@ from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.format.spec import DatasetSpec
 from fmashard.models import build_model, count_parameters
-from fmashard.train.checkpoint import rng_state, save_checkpoint, set_rng_state, window_record
+from fmashard.train.checkpoint import rng_state, save_checkpoint, select_best, set_rng_state, window_record
 from fmashard.train.config import TrainConfig
 from fmashard.train.display import Progress, compile_guard, format_record, stop_signals
 from fmashard.train.distributed import (
@@ -41,6 +45,7 @@ from fmashard.train.distributed import (
 )
 from fmashard.train.evaluate import evaluate, recalibrate_batchnorm
 from fmashard.train.metrics import MetricTotals
+from fmashard.train.optim import Schedule, build_optimizer
 from fmashard.train.precision import autocast_context
 from fmashard.train.preflight import check_before_writing, check_clip_length, labelled_split
 from fmashard.train.run_dir import append_jsonl, prepare_run_dir, write_json
@@ -56,6 +61,7 @@ class TrainResult:
     best_val_track_acc: float | None = None
     best_epoch: int | None = None
     interrupted: bool = False
+    best_score: float | None = None  # best.pt's score under checkpoint.BEST_RULE
 
     @property
     def last(self) -> dict | None:
@@ -68,9 +74,9 @@ class TrainResult:
     def summary(self) -> str:
         if self.interrupted:
             return f"interrupted at step {self.steps}: {self.run_dir / 'last.pt'} saved; rerun with --resume"
-        best = (f", best val track acc (vote) {self.best_val_track_acc:.4f} at epoch {self.best_epoch} "
-                f"-> {self.run_dir / 'best.pt'}") if self.best_val_track_acc is not None else ""
-        if self.best_val_track_acc is None and self.last is not None and not self.last["val_tracks"]:
+        best = (f", best.pt: epoch {self.best_epoch} (val track acc mean-logits, last-3 mean {self.best_score:.4f}; "
+                f"vote {self.best_val_track_acc:.4f}) -> {self.run_dir / 'best.pt'}") if self.best_epoch else ""
+        if self.best_epoch is None and self.last is not None and not self.last["val_tracks"]:
             best = ", no validation tracks: no accuracy, no best.pt"
         return f"done: {self.epochs} epochs, {self.steps} steps in {self.seconds:.1f} s{best}"
 
@@ -88,6 +94,7 @@ class Run:
     loader: ShardLoader          # training batches, shuffled
     val_loader: ShardLoader      # validation batches, in order
     bn_loader: ShardLoader       # training batches in order, for --precise-bn
+    schedule: Schedule           # the learning rate of every step (over epochs * batches per epoch)
     progress: Progress
 
     @property
@@ -109,7 +116,8 @@ class TrainState:
     epoch: int = 0                     # the epoch being trained (0-based)
     step: int = 0                      # optimizer steps over the whole run
     batches_done: int = 0              # batches of `epoch` already trained (a resume starts after them)
-    best: dict | None = None           # {val_track_acc_vote, epoch, step} of best.pt
+    best: dict | None = None           # best.pt's entry (checkpoint.best_candidate: score, val_loss, epoch, ...)
+    recent: list = field(default_factory=list)   # BEST_METRIC of the complete epochs so far (the last 3 kept)
     train_totals: dict | None = None   # resumed mid-epoch: the epoch's sums so far (over ranks, on rank 0)
     train_seconds: float = 0.0         # resumed mid-epoch: the epoch's training seconds so far
     eval_model: torch.nn.Module | None = None   # the model, compiled with --compile
@@ -169,9 +177,9 @@ def _train(config: TrainConfig, dist: DistContext, on_step) -> TrainResult:
             end_epoch(run, state, epoch, record)
             if not epoch.complete:  # max_steps reached mid-epoch
                 break
-    best = state.best
+    best = state.best or {}
     result = TrainResult(run.run_dir, state.epoch, state.step, time.perf_counter() - started, history,
-                         best and best["val_track_acc_vote"], best and best["epoch"], interrupted)
+                         best.get("val_track_acc_vote"), best.get("epoch"), interrupted, best.get("score"))
     run.progress.line(result.summary())
     return result
 
@@ -198,7 +206,9 @@ def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     run_dir = Path(config.out)
     resumed = prepare_run_dir(config, run_dir, tuple(spec.vocabulary), dist.is_main)
     features = make_features(config.features, spec.sample_rate)
-    run = Run(config, dist, run_dir, spec, window, transforms, features, loader, val_loader, bn_loader,
+    # the schedule spans the run's epochs (len at epoch 0: the same on every resume); max_steps only stops it
+    schedule = Schedule(config.lr_schedule, config.lr, config.epochs * len(loader), config.warmup)
+    run = Run(config, dist, run_dir, spec, window, transforms, features, loader, val_loader, bn_loader, schedule,
               Progress(config, dist.is_main))
     return run, resumed
 
@@ -209,7 +219,7 @@ def start_state(run: Run, resumed: dict | None) -> TrainState:
     config, device = run.config, run.dist.device
     torch.manual_seed(config.seed)
     model = build_model(config.model, len(run.vocabulary), run.window.window).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     ctx, amp_dtype = autocast_context(device, config.amp, config.amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     state = TrainState(model, optimizer, scaler, ctx, amp_dtype)
@@ -232,11 +242,20 @@ def start_state(run: Run, resumed: dict | None) -> TrainState:
 
 def resume(run: Run, state: TrainState, saved: dict) -> None:
     """Restore `state`, the loader position and the RNG states from a last.pt."""
+    recorded = saved.get("schedule")
+    if recorded is not None and recorded != run.schedule.state():
+        raise UserError(f"--resume: {run.run_dir / 'last.pt'} was trained on the schedule {recorded}, not "
+                        f"{run.schedule.state()}: resume with the same --epochs, --lr, --lr-schedule and --warmup")
     state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
+    try:
+        state.optimizer.load_state_dict(saved["optimizer"])
+    except ValueError as exc:   # another optimizer's parameter groups (an older fmashard's last.pt)
+        raise UserError(f"--resume: {run.run_dir / 'last.pt'}: its optimizer state does not fit --optimizer "
+                        f"{run.config.optimizer} ({exc})") from None
     state.scaler.load_state_dict(saved["scaler"])
     state.epoch, state.step, state.batches_done = saved["epoch"], saved["step"], saved["batches_done"]
     state.best, state.train_seconds = saved["best"], saved["train_seconds"]
+    state.recent = list(saved.get("recent", []))
     state.train_totals = saved["train_totals"] if run.dist.is_main else None   # global sums: one rank carries them
     try:
         run.loader.load_state_dict(saved["loader"])
@@ -280,6 +299,7 @@ def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
         if not batch.num_tracks:  # all its tracks were skipped (on_error=skip): nothing to learn
             state.batches_done += 1
             continue
+        run.schedule.apply(state.optimizer, state.step)   # this step's rate, from the global step alone
         with compile_guard(config.compile and state.step == state.first_step):
             loss, logits = train_step(state.step_model, state.optimizer, state.scaler, state.ctx, batch.windows,
                                       batch.labels, batch.mix)
@@ -331,11 +351,9 @@ def validate(run: Run, state: TrainState, epoch: Epoch) -> dict:
 
 
 def end_epoch(run: Run, state: TrainState, epoch: Epoch, record: dict) -> None:
-    """Keep the best; move on to the next epoch if this one is complete; metrics.jsonl, last.pt, best.pt."""
-    vote = record["val_track_acc_vote"]
-    improved = vote is not None and (state.best is None or vote > state.best["val_track_acc_vote"])
-    if improved:
-        state.best = {"val_track_acc_vote": vote, "epoch": state.epoch + 1, "step": state.step}
+    """Keep the best (checkpoint.BEST_RULE); move on to the next epoch if this one is complete; metrics.jsonl,
+    last.pt, best.pt."""
+    state.best, state.recent, improved = select_best(state.best, state.recent, record, epoch.complete)
     if epoch.complete:
         state.epoch, state.batches_done, state.train_totals, state.train_seconds = state.epoch + 1, 0, None, 0.0
     if run.dist.is_main:
@@ -360,5 +378,6 @@ def save(run: Run, state: TrainState, name: str, train_totals: dict | None, trai
         "batches_done": state.batches_done,
         "loader": {**run.loader.state_dict(), "epoch": state.epoch, "batches": state.batches_done},
         "train_totals": train_totals, "train_seconds": train_seconds, "best": state.best, "metrics": record,
+        "recent": state.recent, "schedule": run.schedule.state(), "lr": run.schedule.lr_at(max(0, state.step - 1)),
         "rng": rng_state(), "config": config.as_dict(), "vocabulary": list(run.vocabulary),
         "window": window_record(run.window, run.transforms), "sample_rate": run.spec.sample_rate})

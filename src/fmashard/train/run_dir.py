@@ -24,7 +24,8 @@ from fmashard.train.distributed import barrier
 
 # What makes two runs the same run: a RUN_DIR whose config.json differs in these holds another run.
 IDENTITY_FIELDS = ("shards", "model", "batch_size", "lr", "seed", "window_seconds", "windows", "overlap",
-                   "random_crop", "amp", "amp_dtype", "shuffle_buffer")
+                   "random_crop", "amp", "amp_dtype", "shuffle_buffer", "augment", "features", "optimizer",
+                   "weight_decay", "lr_schedule", "warmup")
 RESUME_FIELDS = tuple(f for f in IDENTITY_FIELDS if f != "shards")  # the shards may move (local -> s3)
 RESUME_KEYS = ("model", "optimizer", "scaler", "epoch", "step", "batches_done", "best", "train_seconds",
                "train_totals", "loader", "rng")

