@@ -98,8 +98,10 @@ STEPS = 8   # 2 warm-up steps, then 6 steady-state ones (a step of soundnet-larg
 
 
 def tiny_config(shards, out, **kw) -> TrainConfig:
-    return TrainConfig(shards=str(shards), out=str(out), **{**TINY, "epochs": 1, "max_steps": STEPS, "augment": "none"},
-                       verbose=False, **kw)
+    """The default recipe (augmentations with mixup, a schedule) plus random crops: every draw must reach
+    the device without reading anything back."""
+    return TrainConfig(shards=str(shards), out=str(out), random_crop=True,
+                       **{**TINY, "epochs": 1, "max_steps": STEPS}, verbose=False, **kw)
 
 
 @pytest.mark.slow

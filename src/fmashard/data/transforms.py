@@ -129,10 +129,10 @@ class Mixup:
 
     def draw(self, tracks: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(partner of each track, own weight of each track), on the CPU, from `generator` alone (torch has
-        no seeded Beta sampler: numpy's, seeded by one draw of the generator)."""
+        no seeded Beta sampler: numpy's, seeded by the batch generator's seed, which `batch_generator` makes
+        from (seed, epoch, batch), so nothing is read back from a tensor)."""
         partner = torch.randperm(tracks, generator=generator)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        lam = np.random.default_rng(seed).beta(self.alpha, self.alpha, size=tracks)
+        lam = np.random.default_rng([generator.initial_seed(), 0xB37A]).beta(self.alpha, self.alpha, size=tracks)
         return partner, torch.from_numpy(np.maximum(lam, 1 - lam)).float()
 
     def mix_batch(self, windows: torch.Tensor, labels: torch.Tensor, spec: WindowSpec, generator):

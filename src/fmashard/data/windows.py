@@ -92,6 +92,8 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host tensor (the draws of a transform, made by the CPU generator) on `device` without a
     host-device synchronisation: on CUDA through pinned memory with a non-blocking copy (torch's pinned
     allocator keeps the buffer until the copy is done); elsewhere as it is."""
+    if tensor.device == device:
+        return tensor
     if device.type != "cuda" or tensor.device.type == "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
