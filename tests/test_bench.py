@@ -4,12 +4,14 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fmashard.errors import UserError
 from shard_tools.build import BuildConfig, build_shards
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"   # s3_throughput.py, latency_proxy.py
 FIELDS = ("tracks_per_s", "windows_per_s", "mb_per_s", "first_batch_s", "cpu_s_per_track", "peak_rss_mb",
           "rss_added_mb")
 
@@ -214,3 +216,112 @@ def test_old_names_run_under_their_new_names(full_length):
     assert [r["loader"] for r in report["results"]] == ["fmashard-host", "raw"]
     assert report["config"]["loaders"] == ["fmashard-host", "raw"]
     assert logs[0] == "--loaders wds-host: now called fmashard-host (the old names go in the next release)"
+
+
+def test_logmel_loaders_give_the_same_features_for_the_same_track(full_length):
+    """fmashard-logmel (shards, features on the device) and naive-logmel (.pt files, the mel on the CPU in
+    `__getitem__`) deliver the same (1, 128, 216) features per window, equal for the same track."""
+    import torch
+
+    from fmashard.bench.naive import NaiveLogMelDataset
+    from fmashard.data.device import DeviceFeeder
+    from fmashard.data.features import make_features
+    from fmashard.data.loader import LoaderConfig, ShardLoader
+    from fmashard.data.sources import resolve_source
+
+    naive = NaiveLogMelDataset(str(full_length / "files"))
+    by_track = {entry["track_id"]: i for i, entry in enumerate(naive.files)}
+    spec = resolve_source(str(full_length / "shards"))
+    loader = ShardLoader(spec, LoaderConfig(batch_size=2, num_workers=0, seed=0))
+    batch = next(iter(DeviceFeeder(loader, torch.device("cpu"), features=make_features("logmel"))))
+    assert batch.windows.shape == (2 * 7, 1, 128, 216)
+    track = int(batch.track_ids[0])
+    windows, label = naive[by_track[track]]
+    assert len(windows) == 7 and {tuple(w.shape) for w in windows} == {(1, 128, 216)}
+    assert int(label.argmax()) == int(batch.labels[0])
+    mine = batch.windows[batch.track_ids == track]
+    torch.testing.assert_close(torch.stack(windows), mine, atol=1e-3, rtol=1e-4)   # dB: float32 FFT noise
+
+
+def test_logmel_loaders_run_side_by_side_with_the_device_named(full_length):
+    from fmashard.bench.config import BenchConfig
+    from fmashard.bench.runner import run_bench
+
+    report = run_bench(BenchConfig(shards=str(full_length / "shards"), naive=str(full_length / "files"),
+                                   loaders=("fmashard-logmel", "naive-logmel"), rounds=1, min_seconds=0,
+                                   device="cpu", max_tracks=2, batch_size=2), log=lambda _: None)
+    rows = {r["loader"]: r for r in report["results"]}
+    assert set(rows) == {"fmashard-logmel", "naive-logmel"} and {r["tracks"] for r in rows.values()} == {2}
+    assert rows["fmashard-logmel"]["windows_per_s"]["median"] == pytest.approx(
+        7 * rows["fmashard-logmel"]["tracks_per_s"]["median"])
+    assert rows["fmashard-logmel"]["x_naive_logmel"] == pytest.approx(
+        rows["fmashard-logmel"]["tracks_per_s"]["median"] / rows["naive-logmel"]["tracks_per_s"]["median"])
+    assert "x_naive" not in rows["fmashard-logmel"]        # log-mel is compared with log-mel only
+    assert "device: cpu" in report["method"] and "no GPU" in report["method"]
+
+
+def test_naive_logmel_needs_the_files_build():
+    from fmashard.bench.config import BenchConfig
+
+    with pytest.raises(UserError, match="naive-logmel needs --naive"):
+        BenchConfig(shards="s", loaders=("naive-logmel",))
+
+
+def test_s3_bench_mulaw8_shards_hold_the_same_tracks(tmp_path, monkeypatch):
+    """benchmarks/s3_throughput.py's mulaw8 shards: the pcm16 shards' tracks, same order, within mu-law's bound."""
+    import numpy as np
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import s3_throughput
+    from fmashard.data.loader import LoaderConfig, ShardLoader
+    from fmashard.data.sources import resolve_source
+    from fmashard.data.windows import decode
+    from fmashard.format.codecs import mulaw8_error_bound
+    from synth_shards import write_synthetic_shards
+
+    truth = write_synthetic_shards(tmp_path / "pcm16", [3, 2], clip_samples=4000)
+    s3_throughput.write_codec_shards(tmp_path / "mulaw8", tmp_path / "pcm16", truth, "mulaw8")
+    spec = resolve_source(str(tmp_path / "mulaw8"))
+    assert spec.num_samples == 5 and spec.record_bytes < 0.7 * resolve_source(str(tmp_path / "pcm16")).record_bytes
+    seen = 0
+    for batch in ShardLoader(spec, LoaderConfig(batch_size=2, shuffle=False)):
+        assert batch.audio.dtype == torch.uint8
+        for row, track_id in zip(decode(batch.audio), batch.track_ids.tolist()):
+            x = truth[track_id][0].astype(np.float32) / 32768.0
+            assert np.all(np.abs(row.numpy() - x) <= mulaw8_error_bound(x) + 1e-7)
+            seen += 1
+    assert seen == 5
+
+
+def test_latency_proxy_link_cap_sets_the_transfer_time(monkeypatch):
+    import http.server
+    import socketserver
+    import threading
+    import time
+    import urllib.request
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from latency_proxy import LatencyProxy
+
+    body = b"x" * (2 << 20)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with LatencyProxy(server.server_address, 0.0, rate=8e6) as proxy:   # 2 MiB at 8 MB/s: >= 0.26 s
+            began = time.perf_counter()
+            assert len(urllib.request.urlopen(proxy.url, timeout=30).read()) == len(body)
+            assert time.perf_counter() - began >= 0.9 * (len(body) - (1 << 20)) / 8e6   # the last 1-MB chunk: free
+    finally:
+        server.shutdown()

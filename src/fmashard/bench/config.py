@@ -8,6 +8,10 @@
   dali               DALI's webdataset reader, cast/scale/windows in the pipeline (extra `dali`)
   naive              the notebook: torch.load one float32 .pt per track, windows cut in Python, default collate
   naive-mp3          the notebook's other mode: decode + resample each MP3 on every epoch
+  fmashard-logmel    the full path + log-mel features on the device (`make_features("logmel")`, batched
+                     over all windows of the batch) -> (B*W, 1, 128, 216) float
+  naive-logmel       the naive .pt Dataset computing the same mel spectrogram on the CPU in `__getitem__`,
+                     window by window (what users do without fmashard) -> W x (B, 1, 128, 216)
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from dataclasses import dataclass, replace
 
 from fmashard.errors import UserError
 
-LOADERS = ("raw", "fmashard-host", "fmashard-host-crc", "fmashard", "dali", "naive", "naive-mp3")
+LOADERS = ("raw", "fmashard-host", "fmashard-host-crc", "fmashard", "dali", "naive", "naive-mp3", "fmashard-logmel",
+           "naive-logmel")
+FILES_LOADERS = ("naive", "naive-logmel")   # read a `--layout files` build (--naive)
 # Old names (after the shard format, not the loader): still accepted, with a note, for one release.
 ALIASES = {"wds": "fmashard", "wds-host": "fmashard-host", "wds-host-crc": "fmashard-host-crc"}
 DEFAULT_LOADERS = ("naive-mp3", "naive", "fmashard-host", "fmashard", "raw")
@@ -44,8 +50,9 @@ class BenchConfig:
         unknown = [name for name in loaders if name not in LOADERS]
         if unknown:
             raise UserError(f"--loaders: unknown {', '.join(unknown)} (choose from {', '.join(LOADERS)})")
-        if "naive" in loaders and not self.naive:
-            raise UserError("--loaders naive needs --naive SRC_FILES (a `fmashard build --layout files` output)")
+        for name in FILES_LOADERS:
+            if name in loaders and not self.naive:
+                raise UserError(f"--loaders {name} needs --naive SRC_FILES (a `fmashard build --layout files` output)")
         if self.rounds < 1 or self.batch_size < 1:
             raise UserError("--rounds and --batch-size must be >= 1")
         if any(w < 0 for w in self.workers):

@@ -10,9 +10,16 @@ import torch
 
 from fmashard import storage
 from fmashard.bench.config import BenchConfig
-from fmashard.bench.naive import NaiveFileDataset, NaiveMp3Dataset, load_files_manifest, naive_loader
+from fmashard.bench.naive import (
+    NaiveFileDataset,
+    NaiveLogMelDataset,
+    NaiveMp3Dataset,
+    load_files_manifest,
+    naive_loader,
+)
 from fmashard.bench.timing import Run, timed
 from fmashard.data.device import DeviceFeeder, resolve_device
+from fmashard.data.features import make_features
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
@@ -57,12 +64,14 @@ def _sync(device):
 
 class FmashardPass:
     """fmashard's loader: the host path (`full=False`: collated int16 batches) or the full path to
-    float windows on the device.  One loader for all its passes, each pass the next epoch, as in a
-    training run (its DataLoader workers and their buffers are made once: the warm-up pays for them)."""
+    float windows on the device, and from them `features` (a `fmashard.data.features` name) when given.
+    One loader for all its passes, each pass the next epoch, as in a training run (its DataLoader workers
+    and their buffers are made once: the warm-up pays for them)."""
 
     def __init__(self, spec, config: BenchConfig, workers: int, device, full: bool, limit: int,
-                 check_crc: bool = False):
-        self.args = (spec, config, device, full, limit)
+                 check_crc: bool = False, features: str | None = None):
+        stage = make_features(features, spec.sample_rate) if features else None
+        self.args = (spec, config, device, full, limit, stage)
         self.loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, num_workers=workers,
                                                      seed=config.seed, check_crc=check_crc))
         self.epoch = 0
@@ -73,10 +82,11 @@ class FmashardPass:
         return fmashard_pass(self.loader, *self.args)
 
 
-def fmashard_pass(loader: ShardLoader, spec, config: BenchConfig, device, full: bool, limit: int) -> Run:
+def fmashard_pass(loader: ShardLoader, spec, config: BenchConfig, device, full: bool, limit: int,
+                  features=None) -> Run:
     if not full:
         return timed(loader, len, spec.record_bytes, limit)
-    feeder = DeviceFeeder(loader, device, WindowSpec(), seed=config.seed)
+    feeder = DeviceFeeder(loader, device, WindowSpec(), seed=config.seed, features=features)
     run = timed(feeder, lambda b: b.num_tracks, spec.record_bytes, limit)
     _sync(device)
     return run
@@ -112,6 +122,9 @@ RUNNERS = {
     "dali": lambda data, workers: partial(dali_pass, data.spec, data.config, data.device, data.limit),
     "naive": partial(_naive, "naive"),
     "naive-mp3": partial(_naive, "naive-mp3"),
+    "fmashard-logmel": lambda data, workers: FmashardPass(data.spec, data.config, workers, data.device, True,
+                                                          data.limit, features="logmel"),
+    "naive-logmel": partial(_naive, "naive-logmel"),
 }
 
 
@@ -124,11 +137,12 @@ def load_bench_data(config: BenchConfig) -> BenchData:
     """The shards, the naive datasets asked for, and the track limit every loader stops at."""
     data = BenchData(config, resolve_source(config.shards, config.split), resolve_device(config.device))
     counts = [data.spec.num_samples]
-    if "naive" in config.loaders:
-        data.datasets["naive"] = NaiveFileDataset(config.naive, config.split)
-        _, base = load_files_manifest(config.naive)
-        data.sizes["naive"] = _mean_size([storage.join_url(base, f["path"]) for f in data.datasets["naive"].files])
-        counts.append(len(data.datasets["naive"]))
+    for name, dataset_class in (("naive", NaiveFileDataset), ("naive-logmel", NaiveLogMelDataset)):
+        if name in config.loaders:
+            data.datasets[name] = dataset_class(config.naive, config.split)
+            _, base = load_files_manifest(config.naive)
+            data.sizes[name] = _mean_size([storage.join_url(base, f["path"]) for f in data.datasets[name].files])
+            counts.append(len(data.datasets[name]))
     if "naive-mp3" in config.loaders:
         data.datasets["naive-mp3"] = mp3_dataset(config, data.spec)
         data.sizes["naive-mp3"] = _mean_size([str(p) for p, _ in data.datasets["naive-mp3"].tracks])

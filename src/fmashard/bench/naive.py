@@ -6,6 +6,8 @@
              per track: the per-object baseline).
 `naive-mp3`: the notebook's other mode: decode and resample the MP3 inside `__getitem__` on every
              epoch (with correct rate handling, which the notebook lacked).
+`naive-logmel`: `naive` + the log-mel features users compute without fmashard: the same
+             `fmashard.data.features` module, on the CPU, one window at a time in `__getitem__`.
 
 Kept: per-item Python work and float32 files.  Not kept: the notebook's silent retry with the next
 index on a failed item (that changes the data), and its use of half the dataset.
@@ -71,6 +73,25 @@ class NaiveFileDataset(Dataset):
         entry = self.files[index]
         waveform = self._load(storage.join_url(self.base, entry["path"]))
         return python_windows(waveform, self.spec), one_hot(entry["label"], self.num_classes)
+
+
+class NaiveLogMelDataset(NaiveFileDataset):
+    """`NaiveFileDataset`, then the same log-mel spectrogram as the device stage (`make_features("logmel")`),
+    computed on the CPU for each window in turn: a list of W (1, n_mels, frames) tensors per track."""
+
+    def __init__(self, source: str, split: str = "training", spec: WindowSpec = WindowSpec()):
+        super().__init__(source, split, spec)
+        self.sample_rate = int(load_files_manifest(source)[0].get("sample_rate", 22050))
+        self.features = None   # made on first use, in the process that uses it (DataLoader workers too)
+
+    def __getitem__(self, index):
+        from fmashard.data.features import make_features
+
+        if self.features is None:
+            self.features = make_features("logmel", self.sample_rate)
+        windows, label = super().__getitem__(index)
+        with torch.no_grad():
+            return [self.features(w.view(1, 1, -1))[0] for w in windows], label
 
 
 class NaiveMp3Dataset(Dataset):

@@ -56,6 +56,21 @@ def environment() -> dict:
     }
 
 
+def method_line(report: dict, device) -> str:
+    """How the figures were taken, and where the device stage ran (on a machine without a GPU the device
+    is the CPU: decode, windows and log-mel then share its cores with the reads)."""
+    config, machine = report["config"], report["environment"]["machine"]
+    if device.type == "cpu":
+        where = (f"device: cpu — no GPU used: fmashard's device stage (decode, windows, log-mel) ran on this CPU "
+                 f"({machine['cores']} cores), sharing them with the reads")
+    else:
+        where = f"device: {device} ({machine['gpu']})"
+    return (f"{report['results'][0]['tracks']} tracks of the {config['split']} split, batch {config['batch_size']}, "
+            f"{config['rounds']} interleaved rounds after a warm-up (in each a loader repeats its pass until "
+            f"{config['min_seconds']:g} s have passed); torch threads {report['environment']['torch_threads']}; "
+            f"{where}")
+
+
 def fmt(stat: dict, digits: int = 0) -> str:
     return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
 
@@ -76,7 +91,7 @@ def print_table(report: dict, console=None) -> None:
     table = Table(title=f"fmashard bench — {report['results'][0]['tracks']} tracks, "
                         f"{report['config']['rounds']} rounds after a warm-up; medians (tracks/s: min–max)")
     for col in ("loader", "workers", "tracks/s", "windows/s", "MB/s", "1st batch s", "CPU ms/track",
-                "main CPU ms", "RSS added MB", "× naive", "× naive-mp3", "of raw"):
+                "main CPU ms", "RSS added MB", "× naive", "× naive-mp3", "× naive-logmel", "of raw"):
         table.add_column(col, justify="left" if col == "loader" else "right")
     for row in report["results"]:
         table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), _median(row, "windows_per_s"),
@@ -84,7 +99,7 @@ def print_table(report: dict, console=None) -> None:
                       f"{row['cpu_s_per_track']['median'] * 1e3:.1f}",
                       f"{row.get('main_cpu_s_per_track', row['cpu_s_per_track'])['median'] * 1e3:.2f}",
                       _median(row, "rss_added_mb"),
-                      _ratio(row, "x_naive"), _ratio(row, "x_naive_mp3"),
+                      _ratio(row, "x_naive"), _ratio(row, "x_naive_mp3"), _ratio(row, "x_naive_logmel"),
                       f"{row['share_of_raw']:.0%}" if "share_of_raw" in row else "—")
     console.print(table)
     model = report.get("model")
@@ -92,6 +107,8 @@ def print_table(report: dict, console=None) -> None:
         console.print(f"model {model['model']} ({model['precision']}): real data {model['real_windows_per_s']:.1f} "
                       f"windows/s, synthetic on-device {model['synthetic_windows_per_s']:.1f} windows/s, "
                       f"ratio {model['ratio']:.1%}")
+    if "method" in report:
+        console.print(f"method: {report['method']}")
     env = report["environment"]
     console.print(f"machine: {env['machine']['cpu']}, {env['machine']['cores']} cores, "
                   f"{env['machine']['ram_gb']} GB; commit {env['commit']}; command: {env['command']}")

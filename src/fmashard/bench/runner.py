@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from fmashard.bench.config import BenchConfig, with_resolved_loaders
 from fmashard.bench.loaders import make_runners
 from fmashard.bench.model import model_throughput
-from fmashard.bench.report import environment
+from fmashard.bench.report import environment, method_line
 from fmashard.bench.timing import Run, measure
+from fmashard.data.device import resolve_device
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 
@@ -48,12 +49,20 @@ def summarize(result: LoaderResult, windows_per_track: int) -> dict:
     }
 
 
+def references(loader: str) -> tuple[str, ...]:
+    """The loaders a loader's row is compared with: the naive ones delivering the same thing, and raw."""
+    if loader.endswith("-logmel"):
+        return ("naive-logmel", "raw")
+    return ("naive", "naive-mp3", "raw")
+
+
 def add_ratios(rows: list[dict]) -> None:
-    """Each loader against the naive ones and the physical limit, at the same worker count."""
+    """Each loader against the naive ones and the physical limit, at the same worker count (log-mel
+    loaders against the naive log-mel one only: the others deliver waveforms)."""
     for row in rows:
         same = {r["loader"]: r for r in rows if r["workers"] == row["workers"]}
         rate = row["tracks_per_s"]["median"]
-        for ref in ("naive", "naive-mp3", "raw"):
+        for ref in references(row["loader"]):
             if ref in same and ref != row["loader"]:
                 key = "share_of_raw" if ref == "raw" else f"x_{ref.replace('-', '_')}"
                 row[key] = rate / same[ref]["tracks_per_s"]["median"]
@@ -77,6 +86,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     add_ratios(rows)
     report = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
               "environment": environment(), "results": rows}
+    report["method"] = method_line(report, resolve_device(config.device))
     if config.with_model:
         report["model"] = model_throughput(config)
     return report

@@ -17,7 +17,9 @@ def bench_command(
     fma_dir: str | None = typer.Option(None, "--fma-dir", help="FMA folder, for the naive-mp3 loader."),
     loaders: str | None = typer.Option(
         None, "--loaders", help="Comma list of: raw, fmashard-host, fmashard-host-crc (fmashard-host + check_crc), "
-                                "fmashard, dali, naive, naive-mp3.  Default: naive-mp3 (when --fma-dir is given), "
+                                "fmashard, dali, naive, naive-mp3, fmashard-logmel (log-mel features on the "
+                                "device), naive-logmel (the .pt Dataset + the same mel on the CPU in __getitem__; "
+                                "needs --naive).  Default: naive-mp3 (when --fma-dir is given), "
                                 "naive, fmashard-host, fmashard, raw."),
     workers: str = typer.Option("0", "--workers", help="Comma list of DataLoader worker counts."),
     batch_size: int = typer.Option(8, "--batch-size", help="Tracks per batch."),
