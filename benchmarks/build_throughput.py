@@ -10,6 +10,14 @@ the difference is the serial cost of tar writing, sha256, crc32, .idx, journal, 
 tracks.csv, which is also reported alone), a full build with 2 worker processes.  Best of the rounds;
 wall and CPU time (CPU time is less sensitive to other load on the machine; the load average is
 recorded).  Writes benchmarks/results/build_throughput.json.
+
+Engines (issue 15, --engine-shard-size, 16MB: about a dozen shards): each build in a fresh interpreter,
+wall time of `build_shards` alone, alternated within every round: the previous per-track pool build
+(--previous REV, default f2e0604, the last commit before the shard task: its build.py is 200c6fe's,
+its decoder is today's; run from `git archive REV` in a temp folder) with 1 and 2 workers, the local
+engine with 1 and 2 workers, and --engine ray on a local Ray with 2 CPUs that this script starts once
+(each build is a new Ray job, so it pays for starting its workers).  Min/median/max over the rounds;
+Ray's overhead per shard = (median ray - median local 2 workers) / shards.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +69,86 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall0, time.process_time() - cpu0 + children_cpu() - kids0, result
 
 
+# one build in a fresh interpreter: prints {"wall_s", "shards", "tracks"} (wall time of build_shards alone)
+_ONE_BUILD = """
+import json, sys, time
+args = json.loads(sys.argv[1])
+address = args.pop("ray_address", None)
+if address:
+    import logging, ray
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+from shard_tools.build import BuildConfig, build_shards
+began = time.perf_counter()
+report = build_shards(BuildConfig(**args))
+print(json.dumps({"wall_s": time.perf_counter() - began, "shards": report.shards_built,
+                  "tracks": report.tracks_decoded}))
+"""
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3), "rounds": [round(v, 3) for v in values]}
+
+
+def one_build(code_root: Path, out: Path, config: dict) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": f"{code_root / 'src'}:{code_root}"}
+    done = subprocess.run([sys.executable, "-c", _ONE_BUILD, json.dumps({**config, "out": str(out)})], env=env,
+                          cwd=code_root, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"build failed ({code_root}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def previous_tree(rev: str, work: Path) -> Path:
+    """The build code of commit `rev` (shard_tools/ and src/), extracted without touching the repository."""
+    tree = work / f"previous-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "shard_tools", "src"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def engine_rounds(fma_dir: Path, work: Path, rounds: int, shard_size: str, previous: str) -> dict:
+    """The engines section (see the module docstring)."""
+    import ray
+
+    began = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray_start_s, address = time.perf_counter() - began, ray.get_runtime_context().gcs_address
+    old = previous_tree(previous, work)
+    base = {"fma_dir": str(fma_dir), "shard_size": shard_size}
+    variants = {f"previous_{previous}_1_worker": (old, {"workers": 1}),
+                f"previous_{previous}_2_workers": (old, {"workers": 2}),
+                "local_1_worker": (ROOT, {"workers": 1}), "local_2_workers": (ROOT, {"workers": 2}),
+                "ray_local_2_cpus": (ROOT, {"workers": 2, "engine": "ray", "ray_address": address})}
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    shards = tracks = None
+    try:
+        for n in range(rounds):
+            order = list(variants) if n % 2 == 0 else list(reversed(variants))   # alternate the order too
+            for name in order:
+                code, extra = variants[name]
+                result = one_build(code, work / f"engine-{name}", {**base, **extra})
+                walls[name].append(result["wall_s"])
+                shards, tracks = result["shards"], result["tracks"]
+            print(f"engines round {n}: {json.dumps({k: round(v[-1], 2) for k, v in walls.items()})}", flush=True)
+    finally:
+        ray.shutdown()
+    rows = {name: {**spread(v), "tracks_per_s_median": round(tracks / statistics.median(v), 2)}
+            for name, v in walls.items()}
+    med = {name: row["median"] for name, row in rows.items()}
+    return {"shard_size": shard_size, "shards": shards, "tracks": tracks, "previous_commit": previous,
+            "ray_local_start_s": round(ray_start_s, 2), "wall_s": rows,
+            "local_vs_previous_median_pct": {
+                w: round(100 * (med[f"local_{w}"] / med[f"previous_{previous}_{w}"] - 1), 1)
+                for w in ("1_worker", "2_workers")},
+            "ray_overhead_per_shard_s": round((med["ray_local_2_cpus"] - med["local_2_workers"]) / shards, 3),
+            "ray_overhead_per_shard_s_min_based": round(
+                (rows["ray_local_2_cpus"]["min"] - rows["local_2_workers"]["min"]) / shards, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fma-dir", type=Path, help="FMA folder (default: generate the demo corpus)")
@@ -67,6 +156,9 @@ def main() -> None:
     parser.add_argument("--tracks-per-genre", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--shard-size", default="64MB")
+    parser.add_argument("--engine-rounds", type=int, default=3, help="rounds of the engines section (0: skip)")
+    parser.add_argument("--engine-shard-size", default="16MB")
+    parser.add_argument("--previous", default="f2e0604", help="commit of the previous per-track pool build")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "build_throughput.json")
     args = parser.parse_args()
 
@@ -147,11 +239,15 @@ def main() -> None:
                                             zip(runs["build_1_worker"], runs["build_2_workers"])],
             "note": "build_2_workers cpu_s is the main process only (workers are forkserver children)",
         }
+        if args.engine_rounds:
+            result["engines"] = engine_rounds(Path(fma_dir), work, args.engine_rounds, args.engine_shard_size,
+                                              args.previous)
+            result["machine"]["load_average_at_end"] = os.getloadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         summary = {name: {k: v[k] for k in ("wall_s", "cpu_s", "tracks_per_s")} for name, v in best.items()}
         print(json.dumps({"results": summary, **{k: v for k, v in result.items() if k.startswith(("overhead",
-                          "speedup", "metadata"))}}, indent=1))
+                          "speedup", "metadata", "engines"))}}, indent=1))
         print(f"wrote {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

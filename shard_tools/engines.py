@@ -7,13 +7,18 @@ error) cancels the outstanding tasks.  `advance()` is called once per track as t
            with fewer, the pool decodes tracks and this process writes the shards, so a build of few
            shards still uses every worker.
     ray    one remote task per shard on a Ray cluster (`ray.init(address=config.ray_address)`, or a local
-           Ray started for the run), retried when its worker dies, at most 2 per CPU in flight.
+           Ray started for the run), retried when its worker dies, at most 2 per CPU in flight.  Every
+           task carries this process's AWS_* and FMASHARD_* variables (`runtime_env` env_vars): workers
+           on other machines reach the same s3:// output with the same credentials, endpoint and retry
+           policy.  No message shows their values.
 
 Every engine runs the same `build_shard`, so the output bytes do not depend on the engine.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -28,6 +33,8 @@ MP_START_METHOD = "forkserver"
 SHARDS_PER_WORKER = 2
 RAY_MAX_RETRIES = 3
 RAY_INSTALL = "--engine ray needs Ray: pip install 'fmashard[ray]'"
+FORWARDED_ENV = ("AWS_", "FMASHARD_")   # what a shard task needs of the driver's environment to reach OUT
+_SECRET_NAMES = ("SECRET", "TOKEN", "ACCESS_KEY", "PASSWORD")
 
 
 def _pool(workers: int):
@@ -112,8 +119,11 @@ def ray_engine(tasks: list[ShardTask], config, out, advance):
         import ray
     except ImportError:
         raise UserError(RAY_INSTALL) from None
-    started = _connect_ray(ray, config)
+    saved_handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    started, env = _connect_ray(ray, config), forwarded_env()
     remote = ray.remote(max_retries=RAY_MAX_RETRIES, retry_exceptions=False)(build_shard)
+    if env:
+        remote = remote.options(runtime_env={"env_vars": env})
     pending: dict = {}
 
     def finished():
@@ -125,7 +135,7 @@ def ray_engine(tasks: list[ShardTask], config, out, advance):
                 pending[remote.remote(task)] = task
             [ref], _ = ray.wait(list(pending), num_returns=1)
             task = pending.pop(ref)
-            yield task, _ray_result(ray, ref, task)
+            yield task, _ray_result(ray, ref, task, env)
             _advanced(task, advance)
 
     try:
@@ -135,6 +145,8 @@ def ray_engine(tasks: list[ShardTask], config, out, advance):
             ray.cancel(ref, force=True)
         if started:
             ray.shutdown()
+            for signum, handler in saved_handlers.items():   # ray.init installs its own SIGTERM handler
+                signal.signal(signum, handler)
 
 
 def _connect_ray(ray, config) -> bool:
@@ -143,17 +155,31 @@ def _connect_ray(ray, config) -> bool:
     if ray.is_initialized():
         return False
     try:
-        if config.ray_address:
-            ray.init(address=config.ray_address, log_to_driver=False)
+        if config.ray_address:   # WARNING: Ray's INFO lines ("Connected to Ray cluster") stay off stderr
+            ray.init(address=config.ray_address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = config.ray_address or "a local Ray"
         raise UserError(f"--engine ray: cannot connect to {where} ({exc})".replace("\n", " ")) from None
     return True
 
 
-def _ray_result(ray, ref, task: ShardTask) -> dict:
+def forwarded_env() -> dict[str, str]:
+    """This process's AWS_* and FMASHARD_* variables: the S3 credentials, endpoint and region, the retry policy."""
+    return {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_ENV)}
+
+
+def scrubbed(text: str, env: dict[str, str]) -> str:
+    """`text` without the value of any credential in `env` (a Ray error may quote a task's runtime_env)."""
+    for name, value in env.items():
+        if value and any(part in name for part in _SECRET_NAMES):
+            text = text.replace(value, "***")
+    return text
+
+
+def _ray_result(ray, ref, task: ShardTask, env: dict[str, str]) -> dict:
     from ray.exceptions import RayError, RayTaskError
 
     try:
@@ -161,12 +187,12 @@ def _ray_result(ray, ref, task: ShardTask) -> dict:
     except RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
         if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
-        raise UserError(f"{task.config.out}: shard {task.name} failed on Ray "
-                        f"({type(cause).__name__}: {cause})".replace("\n", " ")) from None
+            raise UserError(scrubbed(str(cause), env)) from None
+        raise UserError(scrubbed(f"{task.config.out}: shard {task.name} failed on Ray "
+                                 f"({type(cause).__name__}: {cause})".replace("\n", " "), env)) from None
     except RayError as exc:   # the worker died on every retry, the node is gone...
-        raise UserError(f"{task.config.out}: shard {task.name} failed on Ray after {RAY_MAX_RETRIES} retries "
-                        f"({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        raise UserError(scrubbed(f"{task.config.out}: shard {task.name} failed on Ray after {RAY_MAX_RETRIES} "
+                                 f"retries ({type(exc).__name__}: {exc})".splitlines()[0], env)) from None
 
 
 ENGINES = {"local": local_engine, "ray": ray_engine}

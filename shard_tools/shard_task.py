@@ -57,6 +57,10 @@ def build_shard(task: ShardTask, results=None, out: BuildOutput | None = None, a
         where = f" {exc.filename}" if exc.filename else ""
         raise UserError(f"{task.config.out}: shard {task.name}: cannot write it ({exc.strerror or exc}{where})") \
             from None
+    except UserError as exc:   # the storage layer's (a bucket gone, a denial): name the shard if it does not
+        if task.name in str(exc):
+            raise
+        raise UserError(f"{task.config.out}: shard {task.name}: {exc}") from None
     finally:
         if own and out is not None:
             out.close()

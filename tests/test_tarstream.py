@@ -123,5 +123,5 @@ def test_a_folder_of_tars_without_manifest_is_probed(tmp_path, codec):
 
 def test_a_tar_without_audio_is_not_an_fmashard_shard(tmp_path):
     (tmp_path / "x.tar").write_bytes(member_header("000001.wav", 4) + bytes(512) + bytes(1024))
-    with pytest.raises(DataError, match="key 000001: first sample has no .pcm or .f16 member"):
+    with pytest.raises(DataError, match=r"key 000001: first sample has no \.pcm or \.f16 or \.mulaw8 member"):
         resolve_source(str(tmp_path / "x.tar"))

@@ -25,7 +25,7 @@ def build(
     workers: int | None = typer.Option(None, help="Decode processes (default: all CPU cores; --engine ray without "
                                        "--ray-address: the CPUs of the local Ray started for the run)."),
     engine: str = typer.Option("local", help="Who runs the one-task-per-shard build: local (a process pool) or ray "
-                               "(a Ray cluster; pip install 'fmashard[ray]'). The output bytes are the same."),
+                               "(a Ray cluster; pip install 'fmashard\\[ray]'). The output bytes are the same."),
     ray_address: str = typer.Option("", "--ray-address", help="--engine ray: the cluster to join (auto, "
                                     "ray://HOST:10001); default: start a local Ray for this run."),
     shard_size: str = typer.Option("256MB", help="Maximum shard size: 256MB, 64MiB, 4096... (MB = 2**20 bytes)."),
