@@ -38,8 +38,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def findable(name: str) -> bool:
 
 def require_modules() -> None:
     """fmashard and shard_tools from this checkout; one line naming every module missing."""
-    for path in (ROOT / "src", ROOT):
+    for path in (ROOT / "src", ROOT, ROOT / "benchmarks"):   # benchmarks/: gpu_check_data, gpu_check_report
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
     missing = [name for name in NEEDED if not findable(name)]
@@ -67,7 +66,6 @@ def require_modules() -> None:
 
 
 require_modules()
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -82,94 +80,12 @@ from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec, make_windows
 from fmashard.errors import UserError
-from fmashard.format.codecs import CODECS
-from fmashard.format.manifest import FORMAT_VERSION, dump_manifest
-from fmashard.format.tar import key_of, record_bytes
 from fmashard.models import build_model
 from fmashard.train import TrainConfig, train
 from fmashard.train.loop import train_step
 from fmashard.train.precision import autocast_context
-from shard_tools.tar_writer import ShardWriter
-
-VOCAB = ["Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental", "International", "Pop", "Rock"]
-SAMPLE_RATE, CLIP = 22_050, 661_500
-
-
-@dataclass(frozen=True)
-class Plan:
-    tracks: int = 2000
-    val_tracks: int = 16
-    per_shard: int = 64
-    rounds: int = 3
-    min_seconds: float = 1.0
-    batch: int = 8
-    threads: tuple = (2, 4, 8)
-    workers: tuple = (0, 2, 4)
-    naive_workers: tuple = (0, 4, 8, 12)
-    models: tuple = ("resnet1d", "soundnet", "soundnet-large")
-    train_window_s: float = 5.0      # raised to a model's minimum where shorter
-    train_windows: int = 7
-    train_warmup: int = 3
-    train_steps: int = 10            # timed steps per round and mode
-    sync_model: str = "resnet1d"
-    sync_warmup: int = 5
-    sync_steps: int = 50
-    device_batches: int = 20
-
-
-TINY = Plan(tracks=8, val_tracks=2, per_shard=3, rounds=1, min_seconds=0.0, batch=2, threads=(2,), workers=(0, 2),
-            naive_workers=(0, 2), train_window_s=0.05, train_windows=2, train_warmup=0, train_steps=1,
-            sync_model="soundnet-large", sync_warmup=1, sync_steps=2, device_batches=2)
-
-
-def write_data(work: Path, plan: Plan, log) -> dict:
-    """Shards (training + validation) and the .pt files of the training tracks, of generated audio."""
-    need = (plan.tracks + plan.val_tracks) * CLIP * 2 + plan.tracks * CLIP * 4
-    if shutil.disk_usage(work).free < need * 1.1:
-        raise UserError(f"--work {work}: {need / 1e9:.1f} GB needed, {shutil.disk_usage(work).free / 1e9:.1f} GB free")
-    rng = np.random.default_rng(0)
-    pool = (rng.standard_normal(CLIP + 97 * (plan.tracks + plan.val_tracks)) * 3000).astype("<i2")
-    audio = lambda i: pool[97 * i: 97 * i + CLIP]   # noqa: E731 - track i: its own 30-s slice of the pool
-
-    def write_shard(split, index, ids):
-        name = f"{split}/{split}-{index:06d}"
-        writer = ShardWriter(work / "shards" / f"{name}.tar", work / "shards" / f"{name}.idx", CODECS["pcm16"].ext,
-                             CLIP * 2)
-        for i in ids:
-            writer.add(key_of(i), i % len(VOCAB), {"track_id": i, "label": i % len(VOCAB)}, audio(i).tobytes())
-        r = writer.commit()
-        return {"path": f"{name}.tar", "index": f"{name}.idx", "num_samples": len(ids), "num_bytes": r.num_bytes,
-                "sha256": r.sha256}
-
-    def write_pt(i):
-        path = work / "files" / "training" / f"{key_of(i)}.pt"
-        torch.save(torch.from_numpy(audio(i).astype(np.float32) / 32768), path)
-
-    started, splits = time.perf_counter(), {}
-    ids = {"training": range(plan.tracks), "validation": range(plan.tracks, plan.tracks + plan.val_tracks)}
-    for folder in ("shards/training", "shards/validation", "files/training"):
-        (work / folder).mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as threads:
-        for split, span in ids.items():
-            chunks = [list(span[k:k + plan.per_shard]) for k in range(0, len(span), plan.per_shard)]
-            shards = list(threads.map(write_shard, [split] * len(chunks), range(len(chunks)), chunks))
-            splits[split] = {"num_samples": len(span), "num_bytes": sum(s["num_bytes"] for s in shards),
-                             "shards": shards}
-        list(threads.map(write_pt, ids["training"]))
-    common = {"format": "fmashard", "format_version": FORMAT_VERSION, "sample_rate": SAMPLE_RATE,
-              "clip_samples": CLIP, "vocabulary": VOCAB}
-    (work / "shards" / "manifest.json").write_text(dump_manifest({
-        **common, "layout": "shards", "codec": "pcm16", "dtype": "int16", "sample_bytes": CLIP * 2,
-        "record_bytes": record_bytes(CLIP * 2), "splits": splits}))
-    files = [{"path": f"training/{key_of(i)}.pt", "track_id": i, "label": i % len(VOCAB), "num_samples": CLIP}
-             for i in ids["training"]]
-    (work / "files" / "manifest.json").write_text(dump_manifest({
-        **common, "layout": "files", "codec": "float32", "dtype": "float32",
-        "splits": {"training": {"num_samples": len(files), "files": files}}}))
-    log(f"data: {plan.tracks} + {plan.val_tracks} tracks in {time.perf_counter() - started:.1f} s")
-    return {"training_tracks": plan.tracks, "validation_tracks": plan.val_tracks, "clip_samples": CLIP,
-            "shard_bytes": splits["training"]["num_bytes"], "pt_bytes": plan.tracks * CLIP * 4,
-            "write_seconds": round(time.perf_counter() - started, 1)}
+from gpu_check_data import CLIP, SAMPLE_RATE, TINY, VOCAB, Plan, write_data  # noqa: E402 - benchmarks/, beside this script
+from gpu_check_report import markdown, mmm  # noqa: E402
 
 
 class ShardPass:
@@ -380,10 +296,6 @@ def syncs_part(ctx) -> dict:
             "max_per_step": max(map(len, per_step), default=0), "sites": dict(sites.most_common(10))}
 
 
-def mmm(values) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def environment(device) -> dict:
     gpu = {"name": None, "driver": None}
     if device.type == "cuda":
@@ -397,58 +309,6 @@ def environment(device) -> dict:
                "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
                "cudnn": torch.backends.cudnn.version()}
     return {**bench_environment(), "gpu": gpu, "torch": torch.__version__, "cpu_count": os.cpu_count()}
-
-
-def fmt(stat: dict, digits: int = 0) -> str:
-    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}–{stat['max']:.{digits}f})"
-
-
-def row_line(r: dict) -> str:
-    setting = ", ".join(f"{k} {r[k]}" for k in ("read_threads", "workers", "pin_memory") if k in r)
-    raw = f"{r['share_of_raw']:.0%}" if "share_of_raw" in r else "—"
-    return (f"| {r['loader']} | {setting} | {fmt(r['tracks_per_s'])} | {fmt(r['mb_per_s'])} | "
-            f"{r['cpu_s_per_track']['median'] * 1e3:.2f} | {r['peak_rss_mb']['median']:.0f} | {raw} |")
-
-
-def train_line(r: dict) -> str:
-    if "model" not in r:
-        return f"| {r['part']} | {r.get('error') or r.get('skipped')} |"
-    return (f"| {r['model']} | {r['precision']} | {fmt(r['synthetic_windows_per_s'], 1)} | "
-            f"{fmt(r['real_windows_per_s'], 1)} | {r['ratio']:.1%} ({r['ratio_paired']:.1%}) | "
-            f"{r.get('peak_gpu_mb', '—')} |")
-
-
-def markdown(report: dict) -> str:
-    env, cfg, mem, s = report["environment"], report["config"], report["memory"], report["syncs"]
-    out = [f"# gpu_check: {env['gpu']['name'] or 'no GPU'} ({cfg['device']})", "",
-           f"driver {env['gpu']['driver']}, torch {env['torch']}, {env['cpu_count']} CPUs, commit {env['commit']}; "
-           f"{cfg['tracks']} tracks, batch {cfg['batch']}, {cfg['rounds']} rounds after a warm-up pass"
-           f"{' (--tiny: checks the script, not a measurement)' if cfg['tiny'] else ''}; `{env['command']}`"]
-    for key, title in (("host_path", "1. Raw read and host path"), ("device_path", "2. Full path to float windows "
-                       "on the device"), ("naive", "3. Naive loader (the notebook's)")):
-        part = report[key]
-        out += ["", f"## {title}", ""]
-        if "rows" not in part:
-            out.append(part.get("error") or part.get("skipped"))
-            continue
-        out += ["| loader | setting | tracks/s median (min–max) | MB/s | CPU ms/track | peak RSS MB | of raw |",
-                "|---|---|---|---|---|---|---|"] + [row_line(r) for r in [part.get("raw")] + part["rows"] if r]
-        out += ["", "best: " + row_line(part["best"]).split(" | ")[1]]
-        if "per_batch" in part:
-            b = part["per_batch"]
-            out.append(f"device per batch of {b['tracks_per_batch']} ({b['timer']}): copy {b['copy_ms']:.2f} ms, "
-                       f"decode + windows {b['decode_windows_ms']:.2f} ms")
-        if "fmashard_best_over_naive_best" in part:
-            out.append(f"fmashard's best / the naive loader's best: {part['fmashard_best_over_naive_best']:.2f}×")
-    out += ["", "## 4. Training throughput (windows/s)", "",
-            "| model | precision | synthetic on the device | real shards | real/synthetic (paired) | peak GPU MB |",
-            "|---|---|---|---|---|---|"] + [train_line(r) for r in report["training"].get("models", [])]
-    syncs = (f"{s['total']} in {s['steps']} steps of {s['model']} (max {s['max_per_step']} in one); {s['sites']}"
-             if s.get("measured") else f"not measured: {s.get('reason') or s.get('error') or s.get('skipped')}")
-    out += ["", "## 5. Host-device synchronisations per training step", "", syncs, "", "## 6. Memory", "",
-            f"peak GPU MB per part: {mem['peak_gpu_mb']}; peak host RSS MB: {mem['peak_rss_mb']} "
-            f"(children {mem['peak_rss_children_mb']})", ""]
-    return "\n".join(out)
 
 
 class Context:
