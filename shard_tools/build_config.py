@@ -12,7 +12,7 @@ from fmashard.format.spec import StoredAudio
 from fmashard.format.tar import END_OF_ARCHIVE, record_bytes
 from shard_tools.audio import ClipSettings
 from shard_tools.corpus import parse_ratios
-from shard_tools.fma_metadata import BUILD_SUBSETS
+from shard_tools.selection import BUILD_SUBSETS
 
 LAYOUTS = ("shards", "files")
 LONG_TRACKS = ("first", "all")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmashard.errors import UserError
-from shard_tools.fma_metadata import SPLITS, Selection, TrackRef
+from shard_tools.selection import SPLITS, Selection, TrackRef
 
 AUDIO_EXTS = frozenset(".mp3 .ogg .oga .opus .flac .wav .wave .au .snd .aif .aiff .aifc .w64 .caf".split())
 TABLE_KINDS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": "jsonl", ".ndjson": "jsonl"}

@@ -30,7 +30,9 @@ from shard_tools.shard_task import ShardTask, build_shard
 # forkserver: workers are forked from a clean server process (no inherited torch/CUDA/thread state) that
 # has imported the shard task once; measured 0.25-0.35 s faster per build than spawn with 2 workers.
 MP_START_METHOD = "forkserver"
-SHARDS_PER_WORKER = 2
+# below this many shards per worker the last round of shard tasks leaves workers idle: 5 shards on 2 workers
+# measured 16 % slower than the track pool (benchmarks/README.md "Engines and clusters")
+SHARDS_PER_WORKER = 8
 RAY_MAX_RETRIES = 3
 RAY_INSTALL = "--engine ray needs Ray: pip install 'fmashard[ray]'"
 FORWARDED_ENV = ("AWS_", "FMASHARD_")   # what a shard task needs of the driver's environment to reach OUT

@@ -8,17 +8,13 @@ track is the index of its genre in the sorted vocabulary.
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from fmashard.errors import UserError
+from shard_tools.selection import BUILD_SUBSETS, SPLITS, SUBSETS, Selection, TrackRef  # noqa: F401 - re-exported
 
-SPLITS = ("training", "validation", "test")
-SUBSETS = ("small", "medium", "large")   # the values of ('set', 'subset')
-# what a build can select: `full` is every track (as `large`) with fma_full/'s untrimmed audio
-BUILD_SUBSETS = (*SUBSETS, "full")
 SUBSET_DTYPE = pd.CategoricalDtype(categories=list(SUBSETS), ordered=True)
 
 SUBSET_COLUMN = ("set", "subset")
@@ -50,33 +46,6 @@ TRACKS_COLUMNS: tuple[tuple[str, str], ...] = tuple(
 GENRES_COLUMNS = ("genre_id", "#tracks", "parent", "title", "top_level")
 
 TRACKS_LAYOUT = "expected FMA tracks.csv with 2 header rows (group, column) and a track_id row"
-
-
-@dataclass(frozen=True)
-class TrackRef:
-    """One selected track: its id, genre name, label (index into the vocabulary) and split."""
-
-    track_id: int
-    genre: str
-    label: int
-    split: str
-    path: str = ""      # what to decode: a file path or URL ("" for FMA until `with_paths`)
-    shown: str = ""     # the path as the user gave it (skip lists name it), "" for FMA's own layout
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The tracks of one subset to shard, per split, sorted by track_id."""
-
-    subset: str          # FMA's subset, or "table" / "folder" (shard_tools.corpus)
-    vocabulary: list[str]
-    excluded_no_genre: int
-    tracks: dict[str, list[TrackRef]]
-    split_by: str = "fma"   # where the splits come from: fma, table, hash(group), hash(path)
-
-    @property
-    def num_tracks(self) -> int:
-        return sum(len(refs) for refs in self.tracks.values())
 
 
 def load_tracks(path: str | Path) -> pd.DataFrame:

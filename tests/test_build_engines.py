@@ -59,13 +59,16 @@ def reference(corpus, tmp_path_factory) -> dict[str, str]:
     return files
 
 
-def test_local_shard_pool_gives_the_in_process_bytes(corpus, reference, tmp_path):
-    report = build(corpus, tmp_path / "out", workers=2)   # >= 2 shards per worker: one pool task per shard
+def test_local_shard_pool_gives_the_in_process_bytes(corpus, reference, tmp_path, monkeypatch):
+    from shard_tools import engines
+
+    monkeypatch.setattr(engines, "SHARDS_PER_WORKER", 2)   # >= 2 shards per worker: one pool task per shard
+    report = build(corpus, tmp_path / "out", workers=2)
     assert report.workers == 2 and built_files(tmp_path / "out") == reference
 
 
 def test_local_track_pool_for_few_shards_gives_the_same_bytes(corpus, tmp_path):
-    """Fewer shards than 2 per worker: the pool decodes tracks, this process writes the shards."""
+    """Few shards per worker: the pool decodes tracks, this process writes the shards."""
     big = dict(shard_size="4MB")
     one = build(corpus, tmp_path / "one", workers=1, **big)
     two = build(corpus, tmp_path / "two", workers=2, **big)
