@@ -92,11 +92,11 @@ def test_adam_is_the_notebook_s_plain_adam_unless_decay_is_given():
 
 def test_defaults_are_the_recipe_and_the_notebook_is_one_set_of_flags_away():
     config = TrainConfig(shards="x", out="y")
-    assert (config.optimizer, config.lr_schedule, config.augment, config.precise_bn) == \
-        ("adamw", "cosine", DEFAULT_AUGMENT, 8)
-    assert [type(t).__name__ for t in config.transforms()] == ["RandomGain", "RandomPolarity", "Mixup"]
+    assert (config.optimizer, config.lr_schedule, config.augment, config.random_crop, config.precise_bn) == \
+        ("adamw", "cosine", DEFAULT_AUGMENT, True, 8)
+    assert [type(t).__name__ for t in config.transforms()] == ["RandomCrop", "RandomGain", "RandomPolarity"]
     notebook = TrainConfig(shards="x", out="y", **NOTEBOOK_RECIPE)
-    assert notebook.transforms() == [] and notebook.precise_bn == 0
+    assert notebook.transforms() == [] and notebook.precise_bn == 0 and notebook.optimizer == "adam"
     from fmashard.cli.train import DEFAULT_AUGMENT as shown
 
     assert shown == DEFAULT_AUGMENT

@@ -8,7 +8,7 @@ import typer
 from fmashard.cli import app
 
 AUGMENT_SYNTAX = "gain[=DB],polarity[=P],mixup[=ALPHA]"   # fmashard.data.transforms.AUGMENT_SYNTAX (torch-free here)
-DEFAULT_AUGMENT = "gain=6,polarity,mixup=0.2"              # fmashard.train.config.DEFAULT_AUGMENT (tests/test_optim)
+DEFAULT_AUGMENT = "gain=6,polarity"                       # fmashard.train.config.DEFAULT_AUGMENT (tests/test_optim)
 NOTEBOOK_FLAGS = "--optimizer adam --lr-schedule none --augment none --precise-bn 0"
 
 
@@ -38,10 +38,12 @@ def train(
                                 "(crc: 1.0 -> 0.2 CPU ms/track there); I/O alone needs none."),
     read_threads: int = typer.Option(2, help="Threads reading records at once, per process: the I/O (2 reach "
                                              "~90% of a raw read locally; more for object storage)."),
-    random_crop: bool = typer.Option(False, "--random-crop", help="Random window starts (training only)."),
+    random_crop: bool = typer.Option(True, "--random-crop/--no-random-crop",
+                                     help="Random window starts in training (evaluation: fixed hops)."),
     augment: str = typer.Option(DEFAULT_AUGMENT, help=f"Training augmentations on the device, comma-separated: "
-                                f"{AUGMENT_SYNTAX} (default {DEFAULT_AUGMENT}: random gain of +-6 dB, random sign, "
-                                "mixup with Beta(0.2, 0.2) and mixed labels; none: off); evaluation never augments."),
+                                f"{AUGMENT_SYNTAX} (default {DEFAULT_AUGMENT}: random gain of +-6 dB and a random "
+                                "sign; add mixup=0.2 for mixup with Beta(0.2, 0.2) and mixed labels; none: off); "
+                                "evaluation never augments."),
     features: str | None = typer.Option(None, help="wave or logmel (128-band log-mel spectrogram computed on the "
                                         "device); default: what --model takes."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
@@ -63,9 +65,9 @@ def train(
 ) -> None:
     """Train a genre classifier on the shards: one optimizer step per batch of tracks.
 
-    Default recipe: AdamW (weight decay 0.05), linear warm-up over 5% of the steps then cosine, gain/polarity/
-    mixup augmentations, BatchNorm recalibrated on 8 batches before each validation.  The notebook's recipe:
-    --optimizer adam --lr-schedule none --augment none --precise-bn 0.
+    Default recipe: AdamW (weight decay 0.05), linear warm-up over 5% of the steps then cosine, random crops,
+    gain and polarity augmentations, BatchNorm recalibrated on 8 batches before each validation.  The notebook's
+    recipe: --optimizer adam --lr-schedule none --augment none --no-random-crop --precise-bn 0.
 
     best.pt: the epoch with the highest validation track accuracy by mean logits averaged over it and the 2
     epochs before it (fewer at the start); a tie goes to the lower validation loss.
