@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -141,3 +142,26 @@ def test_a_run_sets_each_step_s_rate_from_the_schedule_and_refuses_another_lengt
     assert state["best"]["metric"].startswith("val_track_acc_mean")
     with pytest.raises(UserError, match="--resume: .*schedule.*same --epochs"):
         train(TrainConfig(**{**base, "epochs": 3}, resume=True))
+
+
+@pytest.mark.parametrize("flags", [[], "--optimizer adam --lr-schedule none --augment none --no-random-crop "
+                                       "--precise-bn 0".split()])
+def test_the_cli_s_defaults_and_notebook_flags_are_the_config_s_recipes(flags, monkeypatch):
+    """`fmashard train` with no recipe flags trains TrainConfig's defaults; the flags its --help names for the
+    notebook's recipe give exactly NOTEBOOK_RECIPE (the run itself is replaced by a recorder)."""
+    from typer.testing import CliRunner
+
+    import fmashard.train
+    from fmashard.cli import _register, app
+    from fmashard.cli.train import train as cli_train
+
+    seen = []
+    monkeypatch.setattr(fmashard.train, "train", lambda config: seen.append(config) or SimpleNamespace(
+        interrupted=False))
+    _register()
+    result = CliRunner().invoke(app, ["train", "--shards", "s", "--out", "o", *flags])
+    assert result.exit_code == 0, result.output
+    expected = TrainConfig(shards="s", out="o", **(NOTEBOOK_RECIPE if flags else {}))
+    assert seen == [expected]
+    if flags:   # the --help text names these flags
+        assert " ".join(flags) in " ".join(cli_train.__doc__.split())
