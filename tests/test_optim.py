@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fmashard.cli.train import NOTEBOOK_FLAGS
 from fmashard.errors import UserError
 from fmashard.models import build_model
 from fmashard.train import ConfigError, TrainConfig, train
@@ -144,8 +145,7 @@ def test_a_run_sets_each_step_s_rate_from_the_schedule_and_refuses_another_lengt
         train(TrainConfig(**{**base, "epochs": 3}, resume=True))
 
 
-@pytest.mark.parametrize("flags", [[], "--optimizer adam --lr-schedule none --augment none --no-random-crop "
-                                       "--precise-bn 0".split()])
+@pytest.mark.parametrize("flags", [[], NOTEBOOK_FLAGS.split()])
 def test_the_cli_s_defaults_and_notebook_flags_are_the_config_s_recipes(flags, monkeypatch):
     """`fmashard train` with no recipe flags trains TrainConfig's defaults; the flags its --help names for the
     notebook's recipe give exactly NOTEBOOK_RECIPE (the run itself is replaced by a recorder)."""

@@ -9,7 +9,7 @@ from fmashard.cli import app
 
 AUGMENT_SYNTAX = "gain[=DB],polarity[=P],mixup[=ALPHA]"   # fmashard.data.transforms.AUGMENT_SYNTAX (torch-free here)
 DEFAULT_AUGMENT = "gain=6,polarity"                       # fmashard.train.config.DEFAULT_AUGMENT (tests/test_optim)
-NOTEBOOK_FLAGS = "--optimizer adam --lr-schedule none --augment none --precise-bn 0"
+NOTEBOOK_FLAGS = "--optimizer adam --lr-schedule none --augment none --no-random-crop --precise-bn 0"  # test_optim
 
 
 @app.command("train")
