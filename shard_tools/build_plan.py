@@ -83,14 +83,15 @@ def probe_clips(tracks, settings, threads: int = 8) -> dict[int, int]:
 
 
 def _header(path: str) -> tuple[int, int]:
-    import io
-
+    """(frames, rate) from the header: for a URL through ranged reads (`storage.open_ranged`: what the
+    header needs, not the whole file; an MP3 without a frame count is scanned, in 256 KB pieces)."""
     import soundfile as sf
 
     if "://" in path:
         from fmashard import storage
 
-        info = sf.info(io.BytesIO(storage.read_bytes(path)))
+        with storage.open_ranged(path) as f:
+            info = sf.info(f)
     else:
         info = sf.info(path)
     return info.frames, info.samplerate

@@ -10,7 +10,9 @@ UserError naming it.  Callers ask the backend's properties (`backend_for(url).re
 `.local`, `.can_write`) instead of comparing scheme names.  Every read is a `ReadStream` (stream.py),
 whose transient errors are retried by the one loop in retry.py (`RetryPolicy` from FMASHARD_RETRIES /
 FMASHARD_BACKOFF / FMASHARD_TIMEOUT); one-shot S3 calls retry the same way.  Every local write goes
-through atomic.py (`name.tmp-<pid>`, fsync, rename).  The functions below dispatch through the registry.
+through atomic.py (`name.tmp-<pid>`, fsync, rename).  `open_ranged` (ranged.py): a seekable file over
+an object for readers that seek (audio headers), fetched in ranged pieces.  The functions below dispatch
+through the registry.
 """
 from __future__ import annotations
 
@@ -21,15 +23,17 @@ from fmashard.storage.atomic import AtomicFile, atomic_path, atomic_write, temp_
 from fmashard.storage.base import Backend, RangeNotSatisfiable
 from fmashard.storage.local import open_local
 from fmashard.storage.pipe import PIPE_REFUSAL
+from fmashard.storage.ranged import RangedFile, open_ranged
 from fmashard.storage.registry import SCHEMES, backend_for, check_scheme, scheme_of
 from fmashard.storage.retry import RetryPolicy, TransientError, read_timeout, with_retries
 from fmashard.storage.s3 import s3_client, set_endpoint_url, split_s3
 from fmashard.storage.stream import ReadStream
 
 __all__ = [
-    "PIPE_REFUSAL", "SCHEMES", "AtomicFile", "Backend", "RangeNotSatisfiable", "ReadStream", "RetryPolicy",
+    "PIPE_REFUSAL", "SCHEMES", "AtomicFile", "Backend", "RangeNotSatisfiable", "RangedFile", "ReadStream",
+    "RetryPolicy",
     "TransientError", "atomic_path", "atomic_write", "backend_for", "check_scheme", "delete", "exists",
-    "is_remote", "join_url", "local_path", "object_size", "open_local", "open_stream", "parent_url",
+    "is_remote", "join_url", "local_path", "object_size", "open_local", "open_ranged", "open_stream", "parent_url",
     "read_bytes", "read_timeout", "s3_client", "scheme_of", "set_endpoint_url", "split_s3", "temp_name",
     "upload_file", "with_retries", "write_bytes_atomic", "write_json",
 ]
