@@ -84,7 +84,7 @@ def probe_clips(tracks, settings, threads: int = 8) -> dict[int, int]:
 
 def _header(path: str) -> tuple[int, int]:
     """(frames, rate) from the header: for a URL through ranged reads (`storage.open_ranged`: what the
-    header needs, not the whole file; an MP3 without a frame count is scanned, in 256 KB pieces)."""
+    header needs, not the whole file; 256-512 KB per file in benchmarks/header_probe.py)."""
     import soundfile as sf
 
     if "://" in path:

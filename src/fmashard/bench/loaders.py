@@ -14,7 +14,6 @@ from fmashard.bench.naive import (
     NaiveFileDataset,
     NaiveLogMelDataset,
     NaiveMp3Dataset,
-    load_files_manifest,
     naive_loader,
 )
 from fmashard.bench.timing import Run, timed
@@ -139,9 +138,8 @@ def load_bench_data(config: BenchConfig) -> BenchData:
     counts = [data.spec.num_samples]
     for name, dataset_class in (("naive", NaiveFileDataset), ("naive-logmel", NaiveLogMelDataset)):
         if name in config.loaders:
-            data.datasets[name] = dataset_class(config.naive, config.split)
-            _, base = load_files_manifest(config.naive)
-            data.sizes[name] = _mean_size([storage.join_url(base, f["path"]) for f in data.datasets[name].files])
+            dataset = data.datasets[name] = dataset_class(config.naive, config.split)
+            data.sizes[name] = _mean_size([storage.join_url(dataset.base, f["path"]) for f in dataset.files])
             counts.append(len(data.datasets[name]))
     if "naive-mp3" in config.loaders:
         data.datasets["naive-mp3"] = mp3_dataset(config, data.spec)

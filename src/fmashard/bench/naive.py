@@ -59,6 +59,7 @@ class NaiveFileDataset(Dataset):
             raise UserError(f"{source}: no split {split!r}")
         self.files = manifest["splits"][split]["files"]
         self.num_classes = len(manifest["vocabulary"])
+        self.sample_rate = int(manifest.get("sample_rate", 22050))
         self.spec = spec
 
     def __len__(self):
@@ -81,7 +82,6 @@ class NaiveLogMelDataset(NaiveFileDataset):
 
     def __init__(self, source: str, split: str = "training", spec: WindowSpec = WindowSpec()):
         super().__init__(source, split, spec)
-        self.sample_rate = int(load_files_manifest(source)[0].get("sample_rate", 22050))
         self.features = None   # made on first use, in the process that uses it (DataLoader workers too)
 
     def __getitem__(self, index):

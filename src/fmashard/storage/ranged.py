@@ -19,10 +19,11 @@ BUFFER = 256 * 1024   # bytes per ranged read: a header in one request, a scan i
 
 
 class RangedFile(io.RawIOBase):
-    def __init__(self, url: str, size: int | None = None):
+    """The raw file under `open_ranged`'s buffer: `size` bytes of `url`, one ranged read per `readinto`."""
+
+    def __init__(self, url: str, size: int):
         super().__init__()
-        self.url = str(url)
-        self.size = backend_for(self.url).size(self.url) if size is None else size
+        self.url, self.size = str(url), size
         self.pos = self.reads = self.bytes_read = 0
 
     def readable(self) -> bool:
