@@ -159,7 +159,8 @@ def _far(split: str, counts: dict[str, int], groups: dict[str, int], ratios, sou
     held = f" in {groups[split]} of {sum(groups.values())} groups" if unit == "group" else ""
     return (f"{source}: split {split!r} has {counts[split]} of {total} tracks ({counts[split] / total:.0%}"
             f"{held}) for a {ratios[i]:.0%} share (--split-ratios {_ratios(ratios)}): too few or too uneven "
-            f"{unit}s for these shares; change --split-ratios, add {unit}s, or give the table a split column")
+            f"{unit}s for these shares; change --split-ratios, add {unit}s, or set the splits in a table's split "
+            "column")
 
 
 def _names(splits: list[str]) -> str:

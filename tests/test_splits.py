@@ -161,7 +161,7 @@ def test_a_split_far_from_its_share_is_one_line_with_the_counts():
     assert [line.split(": split ")[1].split(" has")[0] for line in lines] == ["'training'", "'validation'"]
     assert lines[1] == ("t.csv: split 'validation' has 20 of 29 tracks (69% in 1 of 10 groups) for a 10% share "
                         "(--split-ratios 80,10,10): too few or too uneven groups for these shares; change "
-                        "--split-ratios, add groups, or give the table a split column")
+                        "--split-ratios, add groups, or set the splits in a table's split column")
     even = selection_of({"training": 8, "validation": 1, "test": 1}, "rank(hash(group))",
                         {"training": 8, "validation": 1, "test": 1})
     assert split_warnings(even, "t.csv", DEFAULT) == []   # 8/1/1 is 80/10/10: nothing to say
