@@ -74,7 +74,8 @@ def train(
     recipe: --optimizer adam --lr-schedule none --augment none --no-random-crop --precise-bn 0.
 
     best.pt: the epoch with the highest validation track accuracy by mean logits averaged over it and the 2
-    epochs before it (fewer at the start); a tie goes to the lower validation loss.
+    epochs before it (fewer at the start); a tie goes to the lower validation loss.  A build without validation
+    tracks trains with a note: last.pt only.
     """
     from fmashard.storage import set_endpoint_url
     from fmashard.train import TrainConfig

@@ -38,7 +38,10 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
         raise UserError(f"{path} is a folder, not a checkpoint: give the checkpoint file in it "
                         f"({path / 'best.pt'} or {path / 'last.pt'})")
     if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
+        last = path.with_name("last.pt")
+        hint = f" ({last} is there: a run without validation tracks writes no best.pt)" if \
+            path.name == "best.pt" and last.is_file() else ""
+        raise UserError(f"{path}: no such checkpoint{hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors have many types

@@ -51,7 +51,7 @@ from fmashard.train.guard import NonFiniteGuard, NonFiniteStop, check_finite_sta
 from fmashard.train.metrics import MetricTotals
 from fmashard.train.optim import Schedule, build_optimizer
 from fmashard.train.precision import autocast_context
-from fmashard.train.preflight import check_before_writing, check_clip_length, labelled_split
+from fmashard.train.preflight import check_before_writing, check_clip_length, labelled_split, validation_split
 from fmashard.train.run_dir import append_jsonl, prepare_run_dir, write_json
 from fmashard.train.state import Epoch, Run, TrainResult, TrainState
 
@@ -111,7 +111,8 @@ def _train(config: TrainConfig, dist: DistContext, on_step) -> TrainResult:
 
 def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     """The run's data and checks, then its folder; the last.pt state to resume from (or None)."""
-    spec, val_spec = labelled_split(config.shards, "training"), labelled_split(config.shards, "validation")
+    spec = labelled_split(config.shards, "training")
+    val_spec = validation_split(config.shards, spec, announce=dist.is_main)   # a build without one: empty
     window, transforms = config.window_spec(spec.sample_rate), config.transforms()
     check_clip_length(spec, window, transforms)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
