@@ -14,9 +14,10 @@ from fmashard.train import TrainConfig, train
 from fmashard.train import loop as loop_module
 from fmashard.train.checkpoint import load_checkpoint, save_checkpoint, select_best
 from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint
-from fmashard.train.guard import NONFINITE_LIMIT, NonFiniteGuard, NonFiniteStop, non_finite, step_unless
+from fmashard.train.guard import NONFINITE_LIMIT, NonFiniteGuard, NonFiniteStop, loss_limit, non_finite, step_unless
 from fmashard.train.loop import train_step
 from fmashard.train.optim import build_optimizer
+from fmashard.train.preflight import labelled_split
 from fmashard.train.run_dir import read_jsonl
 from test_checkpoint import TINY, write_run_shards
 
@@ -103,6 +104,9 @@ def test_the_verdict_is_a_device_tensor_of_loss_and_gradients():
     assert non_finite(torch.tensor(1.0), g).item() == 0.0
     assert non_finite(torch.tensor(math.nan), g).item() == 1.0
     assert non_finite(torch.tensor(1.0), [torch.ones(3), torch.tensor([1.0, -math.inf])]).item() == 1.0
+    assert non_finite(torch.tensor(3e3), g, loss_limit(8)).item() == 1.0    # finite, diverged
+    assert non_finite(torch.tensor(2e3), g, loss_limit(8)).item() == 0.0    # 1000 x ln 8 = 2079
+    assert loss_limit(8) == pytest.approx(1000 * math.log(8)) and loss_limit(1) == loss_limit(2)
     model = torch.nn.Linear(2, 1)
     opt = build_optimizer("adamw", model, lr=0.1)
     model(torch.ones(1, 2)).sum().backward()
@@ -175,6 +179,25 @@ def test_steps_in_a_row_stop_training_with_one_line(shards, tmp_path, monkeypatc
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
+def test_a_diverged_loss_is_skipped_and_stops_the_run_though_every_value_is_finite(shards, tmp_path,
+                                                                                   monkeypatch):
+    build = loop_module.build_model   # from the 3rd step on, logits 1e9 times too large: a finite loss ~1e9
+
+    def built(*args, **kwargs):
+        model, calls = build(*args, **kwargs), [0]
+
+        def blow_up(module, inputs, output):
+            calls[0] += module.training
+            return output * 1e9 if module.training and calls[0] >= 3 else None
+        model.register_forward_hook(blow_up)
+        return model
+    monkeypatch.setattr(loop_module, "build_model", built)
+    with pytest.raises(NonFiniteStop) as caught:
+        train(config(shards, tmp_path / "run", max_nonfinite_steps=2, epochs=5))
+    limit = loss_limit(len(labelled_split(str(shards), "training").vocabulary))
+    assert "step 4 " in str(caught.value) and f"diverged (above {limit:.0f}, 1000 x chance)" in str(caught.value)
+
+
 def test_bf16_stop_names_its_precision(shards, tmp_path, monkeypatch):
     poison(monkeypatch, batches=set(range(1, 100)))
     with pytest.raises(NonFiniteStop, match="bf16 autocast"):
@@ -196,6 +219,8 @@ def test_select_best_passes_over_a_nan_loss_even_with_the_best_accuracy():
     nan = {**good, "epoch": 2, "val_loss": math.nan, "val_track_acc_mean": 1.0}
     best2, recent2, improved2 = select_best(best, recent, nan, True)
     assert improved and not improved2 and best2 is best and recent2 == [0.5]
+    diverged = {**nan, "val_loss": 5e3}
+    assert select_best(best, recent, diverged, True)[2] and not select_best(best, recent, diverged, True, 2e3)[2]
 
 
 def test_a_run_never_says_done_over_non_finite_weights(shards, tmp_path, monkeypatch):

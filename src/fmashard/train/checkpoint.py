@@ -126,18 +126,19 @@ BEST_RULE = ("best.pt: the epoch with the highest validation track accuracy by m
              "the 2 epochs before it (fewer at the start); a tie goes to the lower validation loss")
 
 
-def finite_loss(record: dict) -> bool:
-    """Whether an epoch's validation loss is a finite number (an epoch whose loss is not never makes best.pt)."""
+def finite_loss(record: dict, limit: float = math.inf) -> bool:
+    """Whether an epoch's validation loss is a finite number, at most `limit` (guard.loss_limit: above it the
+    run has diverged); an epoch whose loss is not never makes best.pt."""
     loss = record.get("val_loss")
-    return loss is not None and math.isfinite(loss)
+    return loss is not None and math.isfinite(loss) and loss <= limit
 
 
-def best_candidate(record: dict, recent: list[float]) -> dict | None:
+def best_candidate(record: dict, recent: list[float], limit: float = math.inf) -> dict | None:
     """The best.pt entry an epoch's metrics record would make (None without validation tracks, or when its
-    validation loss is not finite); `recent`:
+    validation loss is not finite or above `limit`); `recent`:
     BEST_METRIC of the complete epochs before it, oldest first."""
     value = record.get(BEST_METRIC)
-    if value is None or not finite_loss(record):
+    if value is None or not finite_loss(record, limit):
         return None
     window = ([*recent, value])[-BEST_EPOCHS:]
     return {"metric": f"{BEST_METRIC} mean of last {BEST_EPOCHS} epochs", "score": sum(window) / len(window),
@@ -157,12 +158,12 @@ def is_better(candidate: dict | None, best: dict | None, eps: float = 1e-9) -> b
     return candidate["val_loss"] < best["val_loss"]
 
 
-def select_best(best: dict | None, recent: list[float], record: dict, complete: bool):
+def select_best(best: dict | None, recent: list[float], record: dict, complete: bool, limit: float = math.inf):
     """After an epoch's metrics `record`: (the best.pt entry, the BEST_METRIC of the last complete epochs,
     whether this epoch is the new best.pt).  An incomplete epoch (max_steps) is scored but not kept in
     `recent` (its resumed, complete record follows)."""
-    candidate = best_candidate(record, recent)
+    candidate = best_candidate(record, recent, limit)
     improved = is_better(candidate, best)
-    if complete and record.get(BEST_METRIC) is not None and finite_loss(record):
+    if complete and record.get(BEST_METRIC) is not None and finite_loss(record, limit):
         recent = [*recent, record[BEST_METRIC]][-BEST_EPOCHS:]
     return (candidate if improved else best), recent, improved

@@ -1,4 +1,5 @@
-"""The non-finite guard: a training step whose loss or gradients are not finite changes nothing.
+"""The non-finite guard: a training step whose loss or gradients are not finite, or whose loss has
+diverged, changes nothing.
 
 GradScaler skips an fp16 step whose scaled gradients overflowed; this does the same for every precision
 (fp32, bf16, fp16) and device, and counts what it skips:
@@ -18,7 +19,12 @@ statistics (with NaN, often): they are put back from a copy, again on the device
 device and reach the host through a non-blocking copy into pinned memory that `poll` reads once it has
 arrived (on a CPU at once), so the limit of consecutive skips is seen a step or two late on a GPU, never
 by waiting.  Under DDP the gradients are all-reduced before the check, so every rank reaches the same
-verdict; a non-finite loss on one rank makes every rank's gradients non-finite.
+verdict; a non-finite loss on one rank makes every rank's gradients non-finite, and `agree` (an all-reduce
+of the verdict, on the device) makes a diverged loss on one rank every rank's verdict.
+
+A diverged loss is finite but beyond any model that learns: above DIVERGED times the cross-entropy of
+chance (ln of the class count; `loss_limit`).  A too-high learning rate gets there without a NaN: with
+--lr 10 on the demo corpus the training loss was 7.9e18 after one epoch, every value finite.
 """
 from __future__ import annotations
 
@@ -30,19 +36,26 @@ from fmashard.errors import UserError
 
 NONFINITE_LIMIT = 10   # consecutive skipped steps before training stops (fp16's GradScaler halves its scale on
                        # each: 10 in a row is a scale 1024 times smaller, far past its usual few at the start)
+DIVERGED = 1000         # a loss above DIVERGED x ln(classes) (chance: ln(classes)) is a diverged step, skipped
 REMEDIES = ("a lower --lr, fp32 (no --amp), --amp-dtype bf16 instead of fp16, or --check-crc to rule out "
             "corrupt audio")
 
 
 class NonFiniteStop(UserError):
-    """Training stopped: too many consecutive steps had a non-finite loss or gradients."""
+    """Training stopped: too many consecutive steps had a non-finite (or diverged) loss or gradients."""
+
+
+def loss_limit(num_classes: int) -> float:
+    """The loss above which a step has diverged: DIVERGED times chance level's cross-entropy."""
+    return DIVERGED * math.log(max(num_classes, 2))
 
 
 class NonFiniteGuard:
     """One training run's verdicts and counts (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, limit: int = NONFINITE_LIMIT, skipped: int = 0):
-        self.limit = limit
+    def __init__(self, model: torch.nn.Module, limit: int = NONFINITE_LIMIT, skipped: int = 0,
+                 loss_limit: float = math.inf, agree=None):
+        self.limit, self.loss_limit, self.agree = limit, loss_limit, agree
         self.buffers = list(model.buffers())
         self.saved = [b.detach().clone() for b in self.buffers]
         device = next(model.parameters()).device
@@ -60,7 +73,9 @@ class NonFiniteGuard:
         """After `scaler.scale(loss).backward()`: step `optimizer` unless the loss or a gradient is not finite,
         update the scaler, clear the gradients.  Returns the verdict (1.0: skipped), on the device."""
         scaler.unscale_(optimizer)   # fp16: the true gradients (a no-op for fp32 and bf16)
-        found = non_finite(loss, gradients(optimizer))
+        found = non_finite(loss, gradients(optimizer), self.loss_limit)
+        if self.agree is not None:
+            found = self.agree(found)   # DDP: skipped on every rank when on one
         step_unless(optimizer, found)
         scaler.update()              # fp16: the scale falls after an overflow (its found-inf flag is ours too)
         optimizer.zero_grad(set_to_none=True)
@@ -105,10 +120,12 @@ def gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
-def non_finite(loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
-    """1.0 when the loss or any gradient is not finite, else 0.0: a float32 scalar on the loss's device.
-    (A total gradient norm that overflows float32 counts too: gradients near 1e19 are no step to take.)"""
-    bad = ~torch.isfinite(loss.detach().float())
+def non_finite(loss: torch.Tensor, grads: list[torch.Tensor], limit: float = math.inf) -> torch.Tensor:
+    """1.0 when the loss or any gradient is not finite, or the loss is above `limit`, else 0.0: a float32
+    scalar on the loss's device.  (A total gradient norm that overflows float32 counts too: gradients
+    near 1e19 are no step to take.)"""
+    value = loss.detach().float()
+    bad = ~torch.isfinite(value) | (value > limit)
     if grads:
         bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads))   # the same device as the loss
     return bad.float()
@@ -132,10 +149,13 @@ def step_unless(optimizer: torch.optim.Optimizer, found: torch.Tensor) -> None:
         optimizer.step()
 
 
-def stop_message(step: int, epoch: int, epochs: int, in_a_row: int, what: str, lr: float) -> str:
+def stop_message(step: int, epoch: int, epochs: int, in_a_row: int, what: str, lr: float,
+                 limit: float = math.inf) -> str:
     """The one line of a NonFiniteStop; `what`: "model soundnet, bf16 autocast, device cpu"."""
-    return (f"training stopped at step {step} (epoch {epoch}/{epochs}): {in_a_row} steps in a row had a non-finite "
-            f"loss or gradients and were skipped ({what}); the weights are those before them, the run folder "
+    diverged = f" or diverged (above {limit:.0f}, {DIVERGED} x chance)" if math.isfinite(limit) else ""
+    return (f"training stopped at step {step} (epoch {epoch}/{epochs}): {in_a_row} steps in a row had a non-finite"
+            f"{diverged} loss or non-finite gradients and were skipped ({what}); the weights are those before "
+            f"them, the run folder "
             f"keeps its last.pt; likely remedies: {REMEDIES.replace('a lower --lr', f'a lower --lr (now {lr:g})')}")
 
 

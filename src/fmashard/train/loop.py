@@ -15,10 +15,11 @@ loader state gives the remaining samples in the same order, and the DeviceFeeder
 random crops of the remaining batches.
 
 Every step goes through the non-finite guard (`fmashard.train.guard`): a step whose loss or gradients
-are not finite changes neither the weights nor the optimizer state, is counted (the epoch's line,
-metrics.jsonl, the summary), and `max_nonfinite_steps` of them in a row stop the run with one line
-(NonFiniteStop), all without a host read per step.  best.pt never comes from an epoch whose validation
-loss is not finite, and a run whose weights are not finite at its end does not say "done".
+are not finite, or whose loss has diverged (guard.loss_limit), changes neither the weights nor the
+optimizer state, is counted (the epoch's line, metrics.jsonl, the summary), and `max_nonfinite_steps`
+of them in a row stop the run with one line (NonFiniteStop), all without a host read per step.  best.pt
+never comes from an epoch whose validation loss is not finite (or diverged), and a run whose weights
+are not finite at its end does not say "done".
 """
 from __future__ import annotations
 
@@ -41,13 +42,21 @@ from fmashard.train.display import Progress, compile_guard, format_record, stop_
 from fmashard.train.distributed import (
     DistContext,
     all_gather_int,
+    all_reduce_max,
     all_reduce_sum,
     broadcast_buffers,
     init_distributed,
     stop_requested,
 )
 from fmashard.train.evaluate import evaluate, recalibrate_batchnorm
-from fmashard.train.guard import NonFiniteGuard, NonFiniteStop, check_finite_state, describe_run, stop_message
+from fmashard.train.guard import (
+    NonFiniteGuard,
+    NonFiniteStop,
+    check_finite_state,
+    describe_run,
+    loss_limit,
+    stop_message,
+)
 from fmashard.train.metrics import MetricTotals
 from fmashard.train.optim import Schedule, build_optimizer
 from fmashard.train.precision import autocast_context
@@ -151,7 +160,9 @@ def start_state(run: Run, resumed: dict | None) -> TrainState:
     state = TrainState(model, optimizer, scaler, ctx, amp_dtype)
     if resumed is not None:
         resume(run, state, resumed)
-    state.guard = NonFiniteGuard(model, config.max_nonfinite_steps, skipped=state.nonfinite_seen)
+    state.guard = NonFiniteGuard(model, config.max_nonfinite_steps, skipped=state.nonfinite_seen,
+                                 loss_limit=loss_limit(len(run.vocabulary)),
+                                 agree=all_reduce_max if run.dist.is_distributed else None)
     state.first_step = state.step
     state.eval_model = state.step_model = torch.compile(model) if config.compile else model
     if run.dist.is_distributed:
@@ -285,7 +296,8 @@ def validate(run: Run, state: TrainState, epoch: Epoch) -> dict:
 def end_epoch(run: Run, state: TrainState, epoch: Epoch, record: dict) -> None:
     """Keep the best (checkpoint.BEST_RULE); move on to the next epoch if this one is complete; metrics.jsonl,
     last.pt, best.pt."""
-    state.best, state.recent, improved = select_best(state.best, state.recent, record, epoch.complete)
+    state.best, state.recent, improved = select_best(state.best, state.recent, record, epoch.complete,
+                                                      state.guard.loss_limit)
     if epoch.complete:
         state.epoch, state.batches_done, state.train_totals, state.train_seconds = state.epoch + 1, 0, None, 0.0
         state.nonfinite_seen = record["nonfinite_steps_total"]
@@ -327,7 +339,7 @@ def check_nonfinite(run: Run, state: TrainState) -> None:
     _, in_a_row = state.guard.read()
     if in_a_row >= state.guard.limit:
         raise NonFiniteStop(stop_message(state.step, state.epoch + 1, run.config.epochs, in_a_row,
-                                         describe(run, state), run.config.lr))
+                                         describe(run, state), run.config.lr, state.guard.loss_limit))
 
 
 def check_finite_weights(run: Run, state: TrainState) -> None:
