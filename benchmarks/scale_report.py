@@ -53,7 +53,9 @@ def manifest_curves(rows: list[dict]) -> list[dict]:
                   [r["load_manifest_cpu_s"] for r in rows], "s"),
             curve("manifest -> DatasetSpec (resolve_source), CPU", "shards", xs,
                   [r["resolve_source_cpu_s"] for r in rows], "s"),
-            curve("DatasetSpec memory", "shards", xs, [r["spec_rss_added_mb"] for r in rows], "mb")]
+            curve("DatasetSpec memory held (tracemalloc)", "shards", xs, [r["spec_held_mb"] for r in rows], "mb"),
+            curve("manifest -> DatasetSpec peak memory (tracemalloc)", "shards", xs,
+                  [r["spec_peak_mb"] for r in rows], "mb")]
 
 
 def loader_curves(rows: list[dict]) -> list[dict]:

@@ -79,6 +79,8 @@ def planning(fma_dir: str, long_tracks: str, work: str) -> dict:
 def manifest(manifest_path: str, rounds: int) -> dict:
     """Written size; write (dump + atomic write), read + validate (`load_manifest`) and the loader's reader
     (`resolve_source`: load, check every path, build the DatasetSpec), best and median of `rounds`."""
+    import tracemalloc
+
     from fmashard import storage
     from fmashard.data.sources import resolve_source
     from fmashard.format.manifest import dump_manifest, load_manifest
@@ -101,9 +103,11 @@ def manifest(manifest_path: str, rounds: int) -> dict:
         row[f"{name}_cpu_s"] = round(min(cpus), 4)
     parsed = None
     gc.collect()
-    before = rss_mb()
+    tracemalloc.start()
     spec = resolve_source(str(path), "training")
-    row["spec_rss_added_mb"] = round(rss_mb() - before, 1)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    row["spec_held_mb"], row["spec_peak_mb"] = round(held / MB, 2), round(peak / MB, 2)
     row["shards"], row["samples"] = len(spec.shards), spec.num_samples
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return row
@@ -128,12 +132,12 @@ def loader(manifest_path: str, worlds: list[int], workers: int, batch_size: int,
         spec = resolve_source(manifest_path, "training")
     row["rss_spec_mb"] = round(rss_mb(), 1)
     row["shards"], row["samples"] = len(spec.shards), spec.num_samples
-    row["worlds"] = {}
+    # the real loaders first: their workers fork this process, so they must not inherit the simulation's memory
+    row["worlds"] = {str(world): {"first_batch": [first_batch(spec, rank, world, workers, batch_size)
+                                                  for rank in sorted({0, world - 1})]} for world in worlds}
     for world in worlds:
-        entry = plan_ranks(spec, world, workers, batch_size)
-        entry["first_batch"] = [first_batch(spec, rank, world, workers, batch_size) for rank in sorted({0, world - 1})]
-        entry["checkpoint"] = checkpoint(spec, world, workers, batch_size, Path(checkpoint_dir))
-        row["worlds"][str(world)] = entry
+        row["worlds"][str(world)].update(plan_ranks(spec, world, workers, batch_size))
+        row["worlds"][str(world)]["checkpoint"] = checkpoint(spec, world, workers, batch_size, Path(checkpoint_dir))
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return row
 
