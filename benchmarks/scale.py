@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank (loader)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="manifest write/read rounds")
-    parser.add_argument("--ray-sizes", type=ints, default=[10, 100, 1_000], help="tiny shards (ray)")
+    parser.add_argument("--ray-sizes", type=ints, default=[10, 100, 1_000, 4_700], help="tiny shards (ray)")
     parser.add_argument("--ray-engines", default="ray,local")
     parser.add_argument("--out", default=str(HERE / "results" / "scale.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)

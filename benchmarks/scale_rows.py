@@ -214,7 +214,8 @@ def walk(spec, plan) -> float:
 
 
 def first_batch(spec, rank: int, world: int, workers: int, batch_size: int) -> dict:
-    """A real ShardLoader of this rank: seconds from its construction to its first batch; then the RSS of the
+    """A real ShardLoader of this rank: seconds from its construction to its first batch; then, once every
+    worker has delivered two batches (each has planned its epoch and filled its shuffle buffer), the RSS of the
     main process and of each DataLoader worker (rss; uss: pages only that worker holds; pss)."""
     from fmashard.data.loader import ShardLoader
 
@@ -224,8 +225,10 @@ def first_batch(spec, rank: int, world: int, workers: int, batch_size: int) -> d
     batches = iter(shard_loader)
     batch = next(batches)
     out = {"rank": rank, "seconds": round(time.perf_counter() - wall, 4),
-           "main_cpu_s": round(time.process_time() - cpu, 4), "batch": len(batch),
-           "main_rss_mb": round(rss_mb(me), 1)}
+           "main_cpu_s": round(time.process_time() - cpu, 4), "batch": len(batch)}
+    for _ in range(2 * workers - 1):
+        batch = next(batches)
+    out["main_rss_mb"] = round(rss_mb(me), 1)
     children = me.children()
     infos = [child.memory_full_info() for child in children]
     out["worker_rss_mb"] = [round(i.rss / MB, 1) for i in infos]
