@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fmashard.data.plan import PlanConfig, Segment, WorkerPlan, worker_plan
+from fmashard.data.plan import PlanConfig, Segment, WorkerPlan, _draws, worker_plan
 from fmashard.format.spec import DatasetSpec, ShardInfo
 from fmashard.format.tar import record_bytes
 
@@ -88,8 +88,13 @@ def plan_peak_bytes(size: tuple[int, int]) -> tuple[int, int]:
 
 def test_plan_memory_is_a_few_dozen_bytes_per_sample():
     (small, n_small), (large, n_large) = plan_peak_bytes(SMALL), plan_peak_bytes(LARGE)
-    assert large / n_large < 80             # 1,000,000 samples on one rank: under 40 MB per worker
+    assert large / n_large < 48             # 1,000,000 samples on one rank: under 24 MB per worker (was 68 B)
     assert large / small < 1.5 * n_large / n_small
+
+
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 10_000])
+def test_the_draws_made_a_chunk_at_a_time_are_one_draw_of_n(n):
+    assert list(_draws(np.random.default_rng(n), n)) == np.random.default_rng(n).random(n).tolist()
 
 
 def test_every_rank_reads_its_equal_share_once_at_100000_samples():

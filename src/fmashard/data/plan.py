@@ -104,9 +104,8 @@ def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Genera
         cap[-1] -= short
     last = None
     next_id, free = count, count * batch_size - (cap[-1] != batch_size) * short
-    draws = rng.random(n).tolist()
-    for s in range(n):
-        x, j = draws[s] * free, 0          # the slot: walk the (few) buffers by their free slots
+    for s, draw in enumerate(_draws(rng, n)):
+        x, j = draw * free, 0          # the slot: walk the (few) buffers by their free slots
         acc = cap[0] - fill[0]
         while acc <= x and j < len(pending) - 1:
             j += 1
@@ -132,6 +131,14 @@ def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Genera
     if last is not None and not drop_last:
         plan.full.append(last)
     return plan
+
+
+def _draws(rng: np.random.Generator, n: int, chunk: int = 4096):
+    """rng.random(n)'s values, made a chunk at a time (the same values: the generator's stream does not depend on
+    how it is cut).  As one list they were 32 bytes a sample: half of a plan's peak memory (benchmarks/README.md
+    "Scale")."""
+    for at in range(0, n, chunk):
+        yield from rng.random(min(chunk, n - at)).tolist()
 
 
 @dataclass(frozen=True)
