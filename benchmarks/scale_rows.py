@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import resource
 import shutil
 import statistics
 import time
@@ -24,7 +23,9 @@ class FirstTask(Exception):
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # kB on Linux
+    """This process's peak RSS since it started (VmHWM; getrusage's ru_maxrss keeps the parent's from the fork)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024   # kB
 
 
 def rss_mb(process: psutil.Process | None = None) -> float:
