@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--worlds", type=ints, default=[1, 8, 64], help="ranks (loader)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers per rank (loader)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="manifest write/read rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="manifest write/read rounds; loaders started per rank")
     parser.add_argument("--ray-sizes", type=ints, default=[10, 100, 1_000, 4_700], help="tiny shards (ray)")
     parser.add_argument("--ray-engines", default="ray,local")
     parser.add_argument("--out", default=str(HERE / "results" / "scale.json"))
@@ -111,7 +111,7 @@ def part_loader(args) -> list[dict]:
     return [{"shards": shards, **run_child({
         "row": "loader", "size": f"{shards} shards", "manifest_path": str(shard_set(args, shards)),
         "worlds": args.worlds, "workers": args.workers, "batch_size": args.batch_size,
-        "checkpoint_dir": str(Path(args.work) / "checkpoints")})} for shards in args.shards]
+        "checkpoint_dir": str(Path(args.work) / "checkpoints"), "rounds": args.rounds})} for shards in args.shards]
 
 
 def shard_set(args, shards: int) -> Path:

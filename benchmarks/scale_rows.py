@@ -122,10 +122,11 @@ def _timed(fn) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------- loader
-def loader(manifest_path: str, worlds: list[int], workers: int, batch_size: int, checkpoint_dir: str) -> dict:
+def loader(manifest_path: str, worlds: list[int], workers: int, batch_size: int, checkpoint_dir: str,
+           rounds: int = 1) -> dict:
     """Per world size: every rank's plan (computed here, one rank after another), equal batches and an exact
-    epoch over all ranks; a real ShardLoader with `workers` DataLoader workers on the first and the last rank
-    (time to the first batch, main and per-worker memory); the loader state's checkpoint."""
+    epoch over all ranks; a real ShardLoader with `workers` DataLoader workers on the first and the last rank,
+    `rounds` times each (time to the first batch, main and per-worker memory); the loader state's checkpoint."""
     from fmashard.data.sources import resolve_source
 
     row = {"rss_before_mb": round(rss_mb(), 1)}
@@ -135,7 +136,8 @@ def loader(manifest_path: str, worlds: list[int], workers: int, batch_size: int,
     row["shards"], row["samples"] = len(spec.shards), spec.num_samples
     # the real loaders first: their workers fork this process, so they must not inherit the simulation's memory
     row["worlds"] = {str(world): {"first_batch": [first_batch(spec, rank, world, workers, batch_size)
-                                                  for rank in sorted({0, world - 1})]} for world in worlds}
+                                                  for rank in sorted({0, world - 1}) for _ in range(rounds)]}
+                     for world in worlds}
     for world in worlds:
         row["worlds"][str(world)].update(plan_ranks(spec, world, workers, batch_size))
         row["worlds"][str(world)]["checkpoint"] = checkpoint(spec, world, workers, batch_size, Path(checkpoint_dir))
