@@ -261,8 +261,9 @@ def require_crcs(spec: DatasetSpec) -> None:
 
 def freeze_inherited(worker_id: int) -> None:
     """A DataLoader worker's first act: the objects it inherited from the main process leave the garbage
-    collector's reach (`gc.freeze`), so the worker's collections never write to, and so copy, their pages.  A
-    worker planning 500,000 samples otherwise copied 41 MB of them (benchmarks/README.md "Scale")."""
+    collector's reach (`gc.freeze`), so the worker's collections never write to, and so copy, their pages.  Without
+    it, workers planning 500,000 samples each reached 174 MB of USS in one start of three, 135 MB at most with
+    it (benchmarks/README.md "Scale")."""
     gc.freeze()
 
 

@@ -159,7 +159,8 @@ class WorkerPlan:
     def locate(self, ordinal: int) -> tuple[Segment, int]:
         """(segment, sample index within its shard) of an ordinal: a binary search, since the loader's stream
         locates every ordinal of the epoch (a scan from the first segment made an epoch cost
-        samples x segments: 58 s of CPU per worker at 1,000,000 samples on one rank, benchmarks/README.md "Scale")."""
+        samples x segments: 100 CPU s per rank of 2 workers at 1,000,000 samples, now 0.74 s; benchmarks/README.md
+        "Scale")."""
         if not 0 <= ordinal < self._starts[-1]:
             raise IndexError(ordinal)
         i = bisect_right(self._starts, ordinal) - 1
