@@ -1,6 +1,6 @@
 """How cost grows with the corpus, up to fma_full's size, measured on synthetic inputs through the real code.
 
-    .venv/bin/python benchmarks/scale.py                      # every part, default sizes (about 10 minutes)
+    .venv/bin/python benchmarks/scale.py                      # every part, default sizes (about 8 minutes)
     .venv/bin/python benchmarks/scale.py --parts manifest,loader --shards 100,1000 --out /tmp/scale.json
 
 Parts (each size measured in a fresh process, so its peak RSS is its own; inputs: benchmarks/scale_inputs.py,
