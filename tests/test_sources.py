@@ -115,3 +115,33 @@ def test_the_layout_follows_the_codec(tmp_path):
     spec = spec_from_manifest(url, "training")
     assert (spec.codec, spec.audio_ext, spec.dtype, spec.sample_bytes) == ("f16", "f16", "float16", 1323000)
     assert spec.fixed_layout and spec.num_samples == 2
+
+
+def many_shards(shards: int, per_shard: int) -> dict:
+    """MANIFEST with `shards` shards of `per_shard` samples, each with its crc32 list (as a build writes them)."""
+    entries = [{**SHARD, "path": f"training/training-{i:06d}.tar", "index": f"training/training-{i:06d}.idx",
+                "num_samples": per_shard, "crc32": [(2_654_435_761 * (i * per_shard + k)) % 2**32
+                                                    for k in range(per_shard)]} for i in range(shards)]
+    return {**copy.deepcopy(MANIFEST), "splits": {"training": {"num_samples": shards * per_shard, "shards": entries}}}
+
+
+def test_the_spec_holds_crc32s_in_4_bytes_a_sample_and_no_per_shard_lists(tmp_path):
+    import tracemalloc
+
+    url = write_manifest(tmp_path, **many_shards(2_000, 50))
+    tracemalloc.start()
+    spec = spec_from_manifest(url, "training")          # what stays of the parsed manifest: what the spec holds
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert list(spec.shards[7].crc32) == load_manifest(url)["splits"]["training"]["shards"][7]["crc32"]
+    assert "shards" not in spec.manifest["splits"]["training"]              # the spec's shards hold them
+    assert spec.manifest["splits"]["training"]["num_samples"] == 100_000
+    assert held / spec.num_samples < 16      # 4 bytes of crc32 + a shard's url and record over 50 (ints: ~50)
+
+
+@pytest.mark.parametrize("crc32", [[-1, 0], [2**32, 0], ["x", 0]])
+def test_a_crc32_that_is_no_unsigned_32_bit_integer_is_named(crc32, tmp_path):
+    manifest = copy.deepcopy(MANIFEST)
+    manifest["splits"]["training"]["shards"][0]["crc32"] = crc32
+    with pytest.raises(UserError, match=r"training-000000\.tar: crc32 must list unsigned 32-bit integers"):
+        spec_from_manifest(write_manifest(tmp_path, **manifest), "training")

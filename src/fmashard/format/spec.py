@@ -2,6 +2,7 @@
 to know about the shards it reads); `ShardInfo`: one shard of it."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fmashard.format.codecs import CODECS
@@ -29,7 +30,7 @@ class StoredAudio:
 class ShardInfo:
     url: str
     num_samples: int
-    crc32: tuple[int, ...] | None = None   # of each sample's audio, from the manifest (the build's record)
+    crc32: Sequence[int] | None = None   # of each sample's audio, from the manifest (data.sources: an array('I'))
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class DatasetSpec(StoredAudio):
     sample_rate: int = 22050
     vocabulary: tuple[str, ...] | None = None
     split: str | None = None
-    manifest: dict = field(default=None, compare=False, repr=False)
+    manifest: dict = field(default=None, compare=False, repr=False)   # without the per-shard lists (shards)
 
     @property
     def stored_codec(self) -> str:
