@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 
-from fmashard import storage
 from fmashard.data.device import DeviceFeeder
 from fmashard.data.features import make_features
-from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.loader import ShardLoader
 from fmashard.data.targets import soft_cross_entropy
 from fmashard.errors import UserError
 from fmashard.models import build_model, count_parameters
@@ -75,7 +74,7 @@ def train(config: TrainConfig, on_step=None) -> TrainResult:
     """Train `config.model` on `config.shards`; records and checkpoints go to `config.out`.
     `on_step(step, epoch)` is called after every optimizer step (an exception from it stops the run as a
     crash would)."""
-    storage.set_endpoint_url(config.endpoint_url)
+    config.connect()
     dist = init_distributed(config.device)
     try:
         return _train(config, dist, on_step)
@@ -117,17 +116,11 @@ def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     check_clip_length(spec, window, transforms)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
     # train): drop incomplete batches then (other tracks fill them in the next epoch's shuffle).
-    loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                                            shuffle_buffer=config.shuffle_buffer, num_workers=config.workers,
-                                            equal_ranks=True, drop_last=config.windows == 1,
-                                            on_error=config.on_error, read_threads=config.read_threads,
-                                            check_crc=config.check_crc))
-    val_loader = ShardLoader(val_spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                                    num_workers=config.workers, on_error=config.on_error,
-                                                    check_crc=config.check_crc,
-                                                    read_threads=config.read_threads))
-    bn_loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                               on_error=config.on_error, check_crc=config.check_crc))
+    loader = ShardLoader(spec, config.loader_config(config.batch_size, shuffle=True, seed=config.seed,
+                                                    shuffle_buffer=config.shuffle_buffer, equal_ranks=True,
+                                                    drop_last=config.windows == 1))
+    val_loader = ShardLoader(val_spec, config.loader_config(config.batch_size, equal_ranks=False))
+    bn_loader = ShardLoader(spec, config.loader_config(config.batch_size, equal_ranks=False))
     check_before_writing(config, loader, window, dist.device, dist.world_size)
     run_dir = Path(config.out)
     resumed = prepare_run_dir(config, run_dir, tuple(spec.vocabulary), dist.is_main)

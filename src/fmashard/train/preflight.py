@@ -86,8 +86,7 @@ def loader_bytes(spec, cfg, world: int = 1) -> int:
     workers = max(1, cfg.num_workers)
     per_worker = _ceil(_ceil(spec.num_samples, world), workers)
     rows = max(1, min(cfg.batch_size, per_worker))
-    pending = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1
-    pending = min(pending, max(1, _ceil(per_worker, cfg.batch_size)))
+    pending = min(cfg.pending_buffers, max(1, _ceil(per_worker, cfg.batch_size)))
     queued = cfg.prefetch + 2 + 2 * cfg.num_workers   # read ahead / DataLoader prefetch, staged, in use
     return (workers * pending + queued) * rows * row_bytes(spec)
 
