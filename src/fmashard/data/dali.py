@@ -3,7 +3,7 @@ with the same shapes, dtypes and values as the torch path (`ShardLoader` -> `Dev
 
     fn.readers.webdataset (local .tar + .idx)
       -> pcm/f16/mulaw8 (int16/float16/uint8), cls (ASCII bytes), source_info ("shard.tar:offset:000002.pcm")
-      -> W fixed-hop slices, stacked -> float32: cast (x 1/32768 for pcm16), or the codec's table
+      -> W fixed-hop slices, stacked -> float32: cast (x the codec's scale: 1/32768 for pcm16), or the codec's table
          (mulaw8: fn.lookup_table, the 256 floats the torch path gathers from)   [inside DALI, .gpu() on GPU]
       -> DALIGenericIterator -> (B, W, L) -> (B*W, 1, L); labels and track ids parsed on the host (B per batch)
 
@@ -26,7 +26,7 @@ from fmashard.data.device import DeviceBatch, finish_device_batch
 from fmashard.data.transforms import batch_generator, split_transforms
 from fmashard.data.windows import WindowSpec, cropper, finish_windows, make_windows, samples_needed
 from fmashard.errors import CorruptSampleError, UserError
-from fmashard.format.codecs import PCM16_SCALE, get_codec
+from fmashard.format.codecs import get_codec
 from fmashard.format.spec import DatasetSpec
 from fmashard.format.tar import split_member, track_id_of
 
@@ -133,7 +133,7 @@ class DaliLoader:
         dali, fn, types = self.dali, self.dali.fn, self.dali.types
         spec, ws = self.spec, self.window_spec
         audio_type = getattr(types, spec.dtype.upper())   # the stored dtype: INT16, FLOAT16, UINT8
-        table = get_codec(spec.codec).table
+        codec = get_codec(spec.codec)
         cropped = cropper(self.transforms) is not None
         shard_shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": self.seed} if self.shuffle else {}
 
@@ -156,13 +156,13 @@ class DaliLoader:
                 clips = audio
             else:  # (W, L): W fixed-hop slices of the raw samples
                 clips = fn.stack(*[audio[k * ws.hop: k * ws.hop + ws.window] for k in range(ws.count)])
-            if table is not None:   # the codec's decode is a lookup: the same table, inside DALI
-                clips = fn.lookup_table(clips, keys=list(range(len(table))), values=table.tolist(),
+            if codec.table is not None:   # the codec's decode is a lookup: the same table, inside DALI
+                clips = fn.lookup_table(clips, keys=list(range(len(codec.table))), values=codec.table.tolist(),
                                         dtype=types.FLOAT)
-            else:
+            else:                         # a cast, then the codec's scale (pcm16: 1/32768), if it has one
                 clips = fn.cast(clips, dtype=types.FLOAT)
-                if spec.dtype == "int16":
-                    clips = clips * PCM16_SCALE
+                if codec.scale is not None:
+                    clips = clips * codec.scale
             return clips, fn.pad(cls, fill_value=0), info
 
         return windows_pipeline()
