@@ -8,24 +8,12 @@ by the CLI's start without torch.
 """
 from __future__ import annotations
 
-import importlib
+from fmashard.lazy import lazy_names
 
-_HOMES = {
-    "ConfigError": "fmashard.train.options",
-    "EvaluateConfig": "fmashard.train.config",
-    "TrainConfig": "fmashard.train.config",
-    "TrainResult": "fmashard.train.state",
-    "evaluate_checkpoint": "fmashard.train.evaluate",
-    "train": "fmashard.train.loop",
-}
+_HOMES = {"ConfigError": "fmashard.train.options", "TrainResult": "fmashard.train.state",   # name -> its module
+          "EvaluateConfig": "fmashard.train.config", "TrainConfig": "fmashard.train.config",
+          "evaluate_checkpoint": "fmashard.train.evaluate", "train": "fmashard.train.loop"}
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fmashard.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, globals())
