@@ -65,7 +65,7 @@ def test_features_come_after_the_augmentations(host_batches):
     """A gain of g dB on the waveform shifts every log-mel bin by g dB: the features saw the gained windows."""
     logmel = make_features("logmel")
     plain = list(DeviceFeeder(host_batches, CPU, SPEC, features=logmel))
-    gained = list(DeviceFeeder(host_batches, CPU, SPEC, seed=2, transforms=[RandomGain(6)], features=logmel))
+    gained = list(DeviceFeeder(host_batches, CPU, SPEC, seed=2, window_transforms=[RandomGain(6)], features=logmel))
     for p, g in zip(plain, gained):
         shift = (g.windows - p.windows).reshape(p.num_tracks, -1)
         assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=2e-3)   # one shift per track

@@ -166,10 +166,10 @@ def test_random_crops_of_mulaw8_are_table_values(shards):
     out, tracks = shards
     loader = ShardLoader(resolve_source(out, "training"), LoaderConfig(batch_size=5, shuffle=False, prefetch=0))
     host = next(iter(loader))
-    got = next(iter(DeviceFeeder([host], CPU, SPEC, seed=2, transforms=[RandomCrop()])))
+    got = next(iter(DeviceFeeder([host], CPU, SPEC, seed=2, crop=RandomCrop())))
     floats = TABLE[host.audio.long()]   # the whole clips decoded, then cropped alike
     want, _ = make_windows(floats, host.labels, SPEC, torch.Generator().manual_seed(hash((2, 0, 0)) & 0x7FFF_FFFF),
-                           transforms=[RandomCrop()])
+                           crop=RandomCrop())
     assert torch.equal(got.windows, want)
 
 

@@ -95,9 +95,11 @@ def test_defaults_are_the_recipe_and_the_notebook_is_one_set_of_flags_away():
     config = TrainConfig(shards="x", out="y")
     assert (config.optimizer, config.lr_schedule, config.augment, config.random_crop, config.precise_bn) == \
         ("adamw", "cosine", DEFAULT_AUGMENT, True, 8)
-    assert [type(t).__name__ for t in config.transforms()] == ["RandomCrop", "RandomGain", "RandomPolarity"]
+    roles = config.transforms()
+    assert type(roles.crop).__name__ == "RandomCrop" and roles.batch_transforms == ()
+    assert [type(t).__name__ for t in roles.window_transforms] == ["RandomGain", "RandomPolarity"]
     notebook = TrainConfig(shards="x", out="y", **NOTEBOOK_RECIPE)
-    assert notebook.transforms() == [] and notebook.precise_bn == 0 and notebook.optimizer == "adam"
+    assert not notebook.transforms() and notebook.precise_bn == 0 and notebook.optimizer == "adam"
     from fmashard.cli.options import option_parameters
 
     shown = {p.name: p.default.default for p in option_parameters(TrainConfig)}

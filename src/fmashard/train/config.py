@@ -9,12 +9,13 @@ Torch-free to import (the CLI starts with it); the checks import the registries 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from fmashard.train.options import NONFINITE_LIMIT, ConfigError, ReadOptions, check_at_least, option
 
 if TYPE_CHECKING:
+    from fmashard.data.transforms import DeviceTransforms
     from fmashard.data.windows import WindowSpec
 
 __all__ = ["AUGMENT_SYNTAX", "DEFAULT_AUGMENT", "NOTEBOOK_FLAGS", "NOTEBOOK_RECIPE", "ConfigError", "EvaluateConfig",
@@ -139,14 +140,12 @@ class TrainConfig(ReadOptions):
 
         return WindowSpec.seconds(self.window_seconds, sample_rate, overlap=self.overlap, count=self.windows)
 
-    def transforms(self) -> list:
-        """The device transforms of the training batches, in order (validation and evaluation use none)."""
+    def transforms(self) -> DeviceTransforms:
+        """The device transforms of the training batches, by role (validation and evaluation use none): the
+        crop of --random-crop, and the --augment ones in the roles `parse_augment` gives them."""
         from fmashard.data.transforms import RandomCrop, parse_augment  # noqa: PLC0415
 
-        transforms = []
-        if self.random_crop:
-            transforms.append(RandomCrop())
-        return transforms + parse_augment(self.augment)
+        return replace(parse_augment(self.augment), crop=RandomCrop() if self.random_crop else None)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -113,7 +113,7 @@ def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     spec = labelled_split(config.shards, "training")
     val_spec = validation_split(config.shards, spec, announce=dist.is_main)   # a build without one: empty
     window, transforms = config.window_spec(spec.sample_rate), config.transforms()
-    check_clip_length(spec, window, transforms)
+    check_clip_length(spec, window, transforms.crop)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
     # train): drop incomplete batches then (other tracks fill them in the next epoch's shuffle).
     loader = ShardLoader(spec, config.loader_config(config.batch_size, shuffle=True, seed=config.seed,
@@ -211,8 +211,10 @@ def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
     started = time.perf_counter()
     track_ids = deque() if config.log_batches else None
     host_batches = with_track_ids(loader, track_ids) if track_ids is not None else loader
+    roles = run.transforms
     feeder = DeviceFeeder(host_batches, device, run.window, seed=config.seed + run.dist.rank, epoch=state.epoch,
-                          start_index=state.batches_done, transforms=run.transforms, features=run.features)
+                          start_index=state.batches_done, crop=roles.crop, window_transforms=roles.window_transforms,
+                          batch_transforms=roles.batch_transforms, features=run.features)
     run.progress.start_epoch(state.epoch, config.epochs, num_batches, state.batches_done)
     interrupted = False
     for batch in feeder:
