@@ -45,7 +45,7 @@ def test_one_hot():
 def test_the_naive_dataset_yields_windows_of_each_pt_file_and_its_one_hot_label(files_build):
     manifest = json.loads((files_build / "manifest.json").read_text())
     entries = manifest["splits"]["training"]["files"]
-    dataset = NaiveFileDataset(str(files_build), "training", spec=SPEC)
+    dataset = NaiveFileDataset(str(files_build), "training", window=SPEC)
     assert len(dataset) == len(entries) > 0 and dataset.num_classes == len(manifest["vocabulary"])
     for index in (0, len(dataset) - 1):
         windows, label = dataset[index]
@@ -59,7 +59,7 @@ def test_the_naive_dataset_yields_windows_of_each_pt_file_and_its_one_hot_label(
 
 
 def test_the_naive_loader_collates_like_the_notebook_and_covers_every_track_once(files_build):
-    dataset = NaiveFileDataset(str(files_build / "manifest.json"), "training", spec=SPEC)
+    dataset = NaiveFileDataset(str(files_build / "manifest.json"), "training", window=SPEC)
     batches = list(naive_loader(dataset, batch_size=4, seed=3))
     windows, labels = batches[0]
     assert isinstance(windows, list) and len(windows) == 3
@@ -73,7 +73,7 @@ def test_the_naive_loader_collates_like_the_notebook_and_covers_every_track_once
 def test_the_mp3_mode_reads_the_same_tracks_the_build_kept(files_build, demo_corpus):
     manifest = json.loads((files_build / "manifest.json").read_text())
     skipped = {s["track_id"] for s in manifest.get("skipped", [])}
-    dataset = NaiveMp3Dataset(str(demo_corpus), "small", "training", spec=SPEC, exclude=skipped)
+    dataset = NaiveMp3Dataset(str(demo_corpus), "small", "training", window=SPEC, exclude=skipped)
     built = manifest["splits"]["training"]["files"]
     assert len(dataset) == len(built)
     assert sorted(label for _, label in dataset.tracks) == sorted(f["label"] for f in built)
