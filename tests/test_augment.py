@@ -23,7 +23,7 @@ from fmashard.data.windows import WindowSpec, make_windows
 from fmashard.errors import UserError
 from synth_shards import VOCAB, write_synthetic_shards
 
-SPEC = WindowSpec(window=500, overlap=0.5, count=3)   # span 1000 of 3000-sample clips
+WINDOW = WindowSpec(window=500, overlap=0.5, count=3)   # span 1000 of 3000-sample clips
 CPU = torch.device("cpu")
 ALL = dict(window_transforms=[RandomGain(6), RandomPolarity(0.5)], batch_transforms=[Mixup(0.2)])   # the roles
 
@@ -36,12 +36,12 @@ def host_batches(tmp_path_factory):
 
 
 def feed(batches, **kwargs):
-    return list(DeviceFeeder(batches, CPU, SPEC, **kwargs))
+    return list(DeviceFeeder(batches, CPU, WINDOW, **kwargs))
 
 
 def track_factors(plain: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
     """(B, W) ratio augmented / plain of each window (least squares), for a per-window scale."""
-    a, b = plain.reshape(-1, SPEC.count, SPEC.window), augmented.reshape(-1, SPEC.count, SPEC.window)
+    a, b = plain.reshape(-1, WINDOW.count, WINDOW.window), augmented.reshape(-1, WINDOW.count, WINDOW.window)
     return (a * b).sum(-1) / (a * a).sum(-1)
 
 
@@ -54,8 +54,8 @@ def test_gain_scales_each_track_by_one_factor_within_the_range(host_batches):
     for p, g in zip(plain, gained):
         assert torch.equal(p.labels, g.labels) and torch.equal(p.track_ids, g.track_ids) and g.mix is None
         factor = track_factors(p.windows, g.windows)[:, :1]
-        assert torch.allclose(g.windows.reshape(-1, SPEC.count, SPEC.window),
-                              p.windows.reshape(-1, SPEC.count, SPEC.window) * factor[..., None], atol=1e-6)
+        assert torch.allclose(g.windows.reshape(-1, WINDOW.count, WINDOW.window),
+                              p.windows.reshape(-1, WINDOW.count, WINDOW.window) * factor[..., None], atol=1e-6)
 
 
 @pytest.mark.parametrize("p, flipped", [(0.0, "none"), (1.0, "all"), (0.5, "some")])
@@ -73,18 +73,18 @@ def test_mixup_mixes_tracks_and_labels_with_one_partner_and_weight_per_track(hos
     for p, m in zip(plain, mixed):
         assert torch.equal(p.labels, m.labels) and torch.equal(p.track_ids, m.track_ids)   # hard labels kept
         count = p.num_tracks
-        weight = m.mix.weight.reshape(count, SPEC.count)
-        partner_labels = m.mix.partner.reshape(count, SPEC.count)
+        weight = m.mix.weight.reshape(count, WINDOW.count)
+        partner_labels = m.mix.partner.reshape(count, WINDOW.count)
         assert torch.equal(weight, weight[:, :1].expand_as(weight)) and bool(((weight >= 0.5) & (weight <= 1)).all())
         assert torch.equal(partner_labels, partner_labels[:, :1].expand_as(partner_labels))
-        own = p.windows.reshape(count, SPEC.count, SPEC.window)
-        got = m.windows.reshape(count, SPEC.count, SPEC.window)
+        own = p.windows.reshape(count, WINDOW.count, WINDOW.window)
+        got = m.windows.reshape(count, WINDOW.count, WINDOW.window)
         for b in range(count):   # exactly one track of the batch is the partner: w * own + (1 - w) * partner
             w = float(weight[b, 0])
             candidates = [j for j in range(count)
                           if torch.allclose(got[b], w * own[b] + (1 - w) * own[j], atol=1e-6)]
             assert candidates, b
-            assert any(int(p.labels[j * SPEC.count]) == int(partner_labels[b, 0]) for j in candidates)
+            assert any(int(p.labels[j * WINDOW.count]) == int(partner_labels[b, 0]) for j in candidates)
             partners_seen += any(j != b for j in candidates) and w < 0.999
     assert partners_seen > 0
 
@@ -119,7 +119,7 @@ def test_no_transforms_no_augmentation(host_batches):
     """What evaluation gets: the fixed windows, hard labels only."""
     batch = feed(host_batches)[0]
     audio = host_batches[0].audio
-    want, _ = make_windows(audio, host_batches[0].labels, SPEC)
+    want, _ = make_windows(audio, host_batches[0].labels, WINDOW)
     assert torch.equal(batch.windows, want) and batch.mix is None
 
 
@@ -130,9 +130,9 @@ def test_mixup_is_a_batch_transform_and_not_a_window_transform(host_batches):
     with pytest.raises(ValueError, match=r"at most one label-mixing transform, got Mixup\(alpha=0.2\), Mixup"):
         DeviceTransforms(batch_transforms=[Mixup(), Mixup(0.4)])
     with pytest.raises(ValueError, match="at most one label-mixing transform"):
-        DeviceFeeder(host_batches, CPU, SPEC, batch_transforms=[Mixup(), Mixup(0.4)])
+        DeviceFeeder(host_batches, CPU, WINDOW, batch_transforms=[Mixup(), Mixup(0.4)])
     with pytest.raises(TypeError, match="Mixup mixes the labels too"):
-        make_windows(host_batches[0].audio, host_batches[0].labels, SPEC, torch.Generator(),
+        make_windows(host_batches[0].audio, host_batches[0].labels, WINDOW, torch.Generator(),
                      window_transforms=[Mixup()])
 
 
@@ -145,7 +145,7 @@ def test_dali_path_augments_alike(tmp_path):
     roles = dict(crop=RandomCrop(), **ALL)
     torch_path = feed(list(ShardLoader(spec, LoaderConfig(batch_size=3, shuffle=False, prefetch=0))), **roles,
                       seed=4)
-    dali_path = list(DaliLoader(spec, SPEC, batch_size=3, seed=4, **roles))
+    dali_path = list(DaliLoader(spec, WINDOW, batch_size=3, seed=4, **roles))
     assert len(torch_path) == len(dali_path) == 3
     for a, b in zip(torch_path, dali_path):
         assert torch.equal(a.windows, b.windows) and torch.equal(a.mix.partner, b.mix.partner)

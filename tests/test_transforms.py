@@ -23,7 +23,7 @@ from fmashard.train import TrainConfig, train
 from synth_shards import write_synthetic_shards
 from test_checkpoint import TINY, write_run_shards
 
-SPEC = WindowSpec(window=500, overlap=0.5, count=3)   # span 1000 of 3000-sample clips
+WINDOW = WindowSpec(window=500, overlap=0.5, count=3)   # span 1000 of 3000-sample clips
 CPU = torch.device("cpu")
 
 
@@ -37,8 +37,8 @@ def host_batches(tmp_path_factory):
 
 def test_random_crop_changes_training_batches_only(host_batches):
     batches, _ = host_batches
-    fixed = list(DeviceFeeder(batches, CPU, SPEC))
-    cropped = list(DeviceFeeder(batches, CPU, SPEC, seed=1, crop=RandomCrop()))
+    fixed = list(DeviceFeeder(batches, CPU, WINDOW))
+    cropped = list(DeviceFeeder(batches, CPU, WINDOW, seed=1, crop=RandomCrop()))
     assert len(fixed) == len(cropped) == 3
     for f, c in zip(fixed, cropped):
         assert f.windows.shape == c.windows.shape and not torch.equal(f.windows, c.windows)
@@ -50,23 +50,23 @@ def test_crops_are_the_seeded_formula_and_real_slices(host_batches):
     hash((seed, epoch, index)) & 0x7FFF_FFFF: runs before transforms were a list crop exactly alike."""
     batches, truth = host_batches
     seed, epoch = 11, 2
-    feeder = DeviceFeeder(batches, CPU, SPEC, seed=seed, epoch=epoch, crop=RandomCrop())
+    feeder = DeviceFeeder(batches, CPU, WINDOW, seed=seed, epoch=epoch, crop=RandomCrop())
     for index, (host, got) in enumerate(zip(batches, feeder)):
         generator = torch.Generator().manual_seed(hash((seed, epoch, index)) & 0x7FFF_FFFF)
-        starts = torch.randint(0, 3000 - SPEC.window + 1, (len(host), SPEC.count), generator=generator)
+        starts = torch.randint(0, 3000 - WINDOW.window + 1, (len(host), WINDOW.count), generator=generator)
         for row, start in enumerate(starts.reshape(-1).tolist()):
             audio, _ = truth[int(got.track_ids[row])]
-            want = torch.from_numpy(audio[start:start + SPEC.window].astype("float32")) / 32768
+            want = torch.from_numpy(audio[start:start + WINDOW.window].astype("float32")) / 32768
             assert torch.equal(got.windows[row, 0], want)
 
 
 def test_same_seed_epoch_and_index_draw_the_same_crops(host_batches):
     batches, _ = host_batches
     crop = RandomCrop()
-    whole = list(DeviceFeeder(batches, CPU, SPEC, seed=3, epoch=1, crop=crop))
-    resumed = list(DeviceFeeder(batches[1:], CPU, SPEC, seed=3, epoch=1, start_index=1, crop=crop))
+    whole = list(DeviceFeeder(batches, CPU, WINDOW, seed=3, epoch=1, crop=crop))
+    resumed = list(DeviceFeeder(batches[1:], CPU, WINDOW, seed=3, epoch=1, start_index=1, crop=crop))
     assert all(torch.equal(a.windows, b.windows) for a, b in zip(whole[1:], resumed))
-    other_epoch = list(DeviceFeeder(batches, CPU, SPEC, seed=3, epoch=2, crop=crop))
+    other_epoch = list(DeviceFeeder(batches, CPU, WINDOW, seed=3, epoch=2, crop=crop))
     assert not torch.equal(whole[0].windows, other_epoch[0].windows)
     assert torch.equal(batch_generator(3, 1, 0).get_state(), batch_generator(3, 1, 0).get_state())
 
@@ -94,9 +94,9 @@ def test_training_config_builds_the_roles():
 def test_a_transform_in_the_wrong_role_is_refused(host_batches):
     batches, _ = host_batches
     with pytest.raises(TypeError, match="RandomCrop chooses where the windows are cut: pass it as crop="):
-        list(DeviceFeeder(batches, CPU, SPEC, window_transforms=[RandomCrop()]))
+        list(DeviceFeeder(batches, CPU, WINDOW, window_transforms=[RandomCrop()]))
     with pytest.raises(TypeError, match="Mixup mixes the labels too: pass it as batch_transforms="):
-        list(DeviceFeeder(batches, CPU, SPEC, window_transforms=[Mixup()]))
+        list(DeviceFeeder(batches, CPU, WINDOW, window_transforms=[Mixup()]))
 
 
 def test_training_crops_and_evaluation_passes_no_transforms(tmp_path, monkeypatch):

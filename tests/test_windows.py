@@ -11,9 +11,9 @@ def pcm(batch, length, seed=0):
 
 
 def test_notebook_defaults():
-    spec = WindowSpec()
-    assert (spec.window, spec.hop, spec.count) == (110_250, 82_688, 7)  # 110250 - int(0.25 * 110250)
-    assert spec.span() <= 661_500
+    window = WindowSpec()
+    assert (window.window, window.hop, window.count) == (110_250, 82_688, 7)  # 110250 - int(0.25 * 110250)
+    assert window.span() <= 661_500
 
 
 def test_decode_scales_int16_to_unit_range():
@@ -26,12 +26,12 @@ def test_decode_scales_int16_to_unit_range():
     (1, 661_500, 110_250, 0.25, 7), (3, 5_000, 1_000, 0.5, 9), (2, 4_000, 4_000, 0.0, 1)])
 def test_windows_equal_slicing_the_waveform(batch, length, window, overlap, count):
     audio, labels = pcm(batch, length), torch.arange(batch)
-    spec = WindowSpec(window=window, overlap=overlap, count=count)
-    windows, wlabels, wids = make_windows(audio, labels, spec, track_ids=labels + 100)
+    geometry = WindowSpec(window=window, overlap=overlap, count=count)
+    windows, wlabels, wids = make_windows(audio, labels, geometry, track_ids=labels + 100)
     assert windows.shape == (batch * count, 1, window) and windows.dtype == torch.float32
     for b in range(batch):
         for w in range(count):
-            expected = audio[b, w * spec.hop: w * spec.hop + window].float() / 32768
+            expected = audio[b, w * geometry.hop: w * geometry.hop + window].float() / 32768
             assert torch.equal(windows[b * count + w, 0], expected)
     assert wlabels.tolist() == [b for b in range(batch) for _ in range(count)]
     assert wids.tolist() == [b + 100 for b in range(batch) for _ in range(count)]
