@@ -83,7 +83,7 @@ def fidelity(label: str, clip: np.ndarray) -> dict:
 
 
 def decode_ms(name: str, rounds: int) -> float:
-    codec, spec = CODECS[name], WindowSpec()
+    codec, window = CODECS[name], WindowSpec()
     generator = torch.Generator().manual_seed(0)
     if codec.dtype == "uint8":
         audio = torch.randint(1, 256, (8, CLIP), dtype=torch.uint8, generator=generator)
@@ -91,11 +91,11 @@ def decode_ms(name: str, rounds: int) -> float:
         audio = torch.randint(-32768, 32768, (8, CLIP), dtype=torch.int16, generator=generator)
     else:
         audio = (torch.rand(8, CLIP, generator=generator) * 2 - 1).to(getattr(torch, codec.dtype))
-    labels, out = torch.zeros(8, dtype=torch.int64), torch.empty(8 * spec.count * spec.window)
+    labels, out = torch.zeros(8, dtype=torch.int64), torch.empty(8 * window.count * window.window)
     times = []
     for _ in range(rounds + 1):
         start = time.perf_counter()
-        make_windows(audio, labels, spec, out=out)
+        make_windows(audio, labels, window, out=out)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:]) * 1e3
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from fmashard.errors import UserError, log
 from fmashard.format.manifest import MANIFEST_NAME, dump_manifest
 from shard_tools.build_config import BuildConfig, ConfigError, parse_size  # noqa: F401 - re-exported
+from shard_tools.build_manifest import make_manifest
 from shard_tools.build_output import BuildOutput, Journal, start_build
 from shard_tools.build_plan import plan_shards, probe_clips
 from shard_tools.engines import ENGINES
-from shard_tools.manifest import make_manifest
 from shard_tools.shard_task import ShardTask, shown_path, track_task  # noqa: F401 - re-exported
 from shard_tools.splits import check_training, lost_splits, split_warnings
 

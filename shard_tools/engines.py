@@ -84,12 +84,8 @@ def _shard_pool(tasks: list[ShardTask], workers: int, advance):
             _advanced(task, advance)
             yield task, record
 
-    try:
+    with _stopping(pool, stop):
         yield finished()
-    finally:
-        stop.set()
-        pool.terminate()
-        pool.join()
 
 
 def _run_shard(task: ShardTask):
@@ -106,8 +102,15 @@ def _track_pool(track_tasks: list, workers: int):
             permits.release()
             yield result
 
-    try:
+    with _stopping(pool, stop):
         yield released(pool.imap(process_track, _throttled(track_tasks, permits, stop)))
+
+
+@contextmanager
+def _stopping(pool, stop: threading.Event):
+    """On leaving (done, an error, Ctrl-C): stop feeding the pool, then end its processes."""
+    try:
+        yield
     finally:
         stop.set()
         pool.terminate()

@@ -75,13 +75,13 @@ def test_bench_refuses_unknown_loaders_in_one_line(tmp_path):
 
 
 def test_a_measurement_repeats_a_short_pass_and_averages_it():
-    from fmashard.bench.timing import Run, measure
+    from fmashard.bench.timing import TimedPass, measure
 
     calls = []
 
     def runner():
         calls.append(1)
-        return Run(tracks=10, bytes=100, seconds=0.02 * len(calls), first_batch=0.01, cpu_seconds=0.01,
+        return TimedPass(tracks=10, bytes=100, seconds=0.02 * len(calls), first_batch=0.01, cpu_seconds=0.01,
                    peak_rss=len(calls), rss_added=1)
     run = measure(runner, min_seconds=0.1)
     assert run.passes == len(calls) == 3                   # 0.02 + 0.04 + 0.06 >= 0.1
@@ -128,11 +128,12 @@ def test_ratios_are_ratios_of_medians_and_paired_the_median_of_per_round_ratios(
 
 def test_summary_statistics_per_loader():
     from fmashard.bench.runner import LoaderResult, summarize
-    from fmashard.bench.timing import Run
+    from fmashard.bench.timing import TimedPass
 
     mb = 2**20
-    runs = [Run(10, 2_000_000, 0.5, 0.1, 1.0, 3 * mb, 1 * mb), Run(10, 2_000_000, 0.25, 0.3, 0.5, 5 * mb, 2 * mb),
-            Run(10, 2_000_000, 1.0, 0.2, 2.0, 4 * mb, 4 * mb, passes=3)]
+    runs = [TimedPass(10, 2_000_000, 0.5, 0.1, 1.0, 3 * mb, 1 * mb),
+            TimedPass(10, 2_000_000, 0.25, 0.3, 0.5, 5 * mb, 2 * mb),
+            TimedPass(10, 2_000_000, 1.0, 0.2, 2.0, 4 * mb, 4 * mb, passes=3)]
     row = summarize(LoaderResult("fmashard", 0, runs), windows_per_track=7)
     assert row["tracks_per_s"] == {"median": 20.0, "min": 10.0, "max": 40.0}
     assert row["windows_per_s"]["median"] == 140.0 and row["mb_per_s"]["median"] == pytest.approx(4.0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmashard.data.transforms import RandomCrop
+from fmashard.data.transforms import DeviceTransforms, NormalizeTracks, RandomCrop
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import StorageError, UserError
 from fmashard.train import TrainConfig, train
@@ -147,9 +147,10 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 def test_window_record_keeps_its_keys_and_reads_back():
     """The "window" entry keeps the keys it had when augmentations were WindowSpec flags."""
     window = WindowSpec(window=2205, overlap=0.25, count=2)
-    record = window_record(window, [RandomCrop()])
+    record = window_record(window, DeviceTransforms(crop=RandomCrop()))
     assert record == {"window": 2205, "overlap": 0.25, "count": 2, "random_crop": True, "normalize": False}
     assert window_record(window)["random_crop"] is False
+    assert window_record(window, DeviceTransforms(window_transforms=[NormalizeTracks()]))["normalize"] is True
     assert window_of(record) == window and window_of({"window": 2205, "overlap": 0.25, "count": 2}) == window
     with pytest.raises(TypeError):
         window_of({"window": 2205, "bogus": 1})

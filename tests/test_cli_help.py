@@ -54,7 +54,7 @@ def test_flags_are_listed_bare_while_valued_options_keep_their_type(help_of, com
 
 
 def test_the_augment_syntax_in_help_is_the_parser_s():
-    from fmashard.cli.train import AUGMENT_SYNTAX as shown
     from fmashard.data.transforms import AUGMENT_SYNTAX
+    from fmashard.train.config import AUGMENT_SYNTAX as shown
 
     assert shown == AUGMENT_SYNTAX

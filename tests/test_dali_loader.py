@@ -73,11 +73,11 @@ def build(tmp_path_factory):
     return out, write_build(out)
 
 
-def expected_windows(tracks, track_ids, spec: WindowSpec = WINDOWS, transforms=()):
+def expected_windows(tracks, track_ids, window: WindowSpec = WINDOWS, window_transforms=()):
     """The torch path's decode/window stage over the same tracks."""
     audio = torch.stack([torch.from_numpy(tracks[t][1]) for t in track_ids])
     labels = torch.tensor([tracks[t][0] for t in track_ids])
-    return make_windows(audio, labels, spec, track_ids=torch.tensor(track_ids), transforms=transforms)
+    return make_windows(audio, labels, window, track_ids=torch.tensor(track_ids), window_transforms=window_transforms)
 
 
 def collect(loader):
@@ -126,10 +126,10 @@ def test_same_random_crops_as_torch_path(build):
     """One definition of the crops: the same seed, epoch and batch index draw the same windows."""
     out, _ = build
     spec = resolve_source(out, "training")
-    crop = [RandomCrop()]
+    crop = RandomCrop()
     host = ShardLoader(spec, LoaderConfig(batch_size=3, shuffle=False, prefetch=0))
-    torch_path = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS, seed=4, transforms=crop))
-    dali_path = list(DaliLoader(spec, WINDOWS, batch_size=3, seed=4, transforms=crop))
+    torch_path = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS, seed=4, crop=crop))
+    dali_path = list(DaliLoader(spec, WINDOWS, batch_size=3, seed=4, crop=crop))
     fixed = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS))
     assert len(torch_path) == len(dali_path) == 3
     for a, b, f in zip(torch_path, dali_path, fixed):
@@ -146,12 +146,13 @@ def test_augmented_log_mel_batches_equal_the_torch_path(build):
 
     out, _ = build
     spec = resolve_source(out, "training")
-    augment = [RandomCrop(), *parse_augment("gain=6,polarity,mixup=0.4")]
+    augment = parse_augment("gain=6,polarity,mixup=0.4")
+    roles = dict(crop=RandomCrop(), window_transforms=augment.window_transforms,
+                 batch_transforms=augment.batch_transforms)
     features = LogMel(22050, n_fft=512, hop_length=128, n_mels=32)
     host = ShardLoader(spec, LoaderConfig(batch_size=3, shuffle=False, prefetch=0))
-    torch_path = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS, seed=5, transforms=augment,
-                                   features=features))
-    dali_path = list(DaliLoader(spec, WINDOWS, batch_size=3, seed=5, transforms=augment, features=features))
+    torch_path = list(DeviceFeeder(host, torch.device("cpu"), WINDOWS, seed=5, **roles, features=features))
+    dali_path = list(DaliLoader(spec, WINDOWS, batch_size=3, seed=5, **roles, features=features))
     assert len(torch_path) == len(dali_path) == 3
     for a, b in zip(torch_path, dali_path):
         assert b.windows.shape == (b.num_tracks * 3, 1, 32, 1 + 1_000 // 128)
@@ -189,7 +190,7 @@ def test_shuffled_ranks_split_every_epoch(build):
 def test_two_epochs_and_normalize(build):
     out, tracks = build
     normalize = [NormalizeTracks()]   # a transform on DALI's fixed windows: the torch path's code
-    loader = DaliLoader(resolve_source(out, "training"), WINDOWS, batch_size=3, transforms=normalize)
+    loader = DaliLoader(resolve_source(out, "training"), WINDOWS, batch_size=3, window_transforms=normalize)
     first, second = collect(loader)[1:], collect(loader)[1:]  # the partial last batch ends epoch 1 cleanly
     want = expected_windows(tracks, list(tracks), WINDOWS, normalize)
     assert not torch.allclose(want[0], expected_windows(tracks, list(tracks))[0])   # it did something
@@ -200,13 +201,13 @@ def test_two_epochs_and_normalize(build):
 
 def test_random_crop_windows_come_from_the_track(build):
     out, tracks = build
-    spec = WindowSpec(window=1_000, count=3)
-    _, windows, labels, track_ids = collect(DaliLoader(resolve_source(out, "training"), spec, batch_size=3,
-                                                       transforms=[RandomCrop()]))
+    window = WindowSpec(window=1_000, count=3)
+    _, windows, labels, track_ids = collect(DaliLoader(resolve_source(out, "training"), window, batch_size=3,
+                                                       crop=RandomCrop()))
     assert windows.shape == (len(tracks) * 3, 1, 1_000)
-    for window, label, tid in zip(windows, labels, track_ids.tolist()):
+    for got, label, tid in zip(windows, labels, track_ids.tolist()):
         clip = torch.from_numpy(tracks[tid][1]).float() / 32768
-        starts = (clip.unfold(0, 1_000, 1) == window[0]).all(dim=1).nonzero()
+        starts = (clip.unfold(0, 1_000, 1) == got[0]).all(dim=1).nonzero()
         assert len(starts) >= 1 and int(label) == tracks[tid][0]
 
 

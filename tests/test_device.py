@@ -8,22 +8,22 @@ from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec
 from synth_shards import write_synthetic_shards
 
-SPEC = WindowSpec(window=1000, overlap=0.5, count=3)   # hop 500, span 2000
+WINDOW = WindowSpec(window=1000, overlap=0.5, count=3)   # hop 500, span 2000
 
 
 def test_held_windows_are_never_overwritten(tmp_path):
     truth = write_synthetic_shards(tmp_path, [5, 6], clip_samples=2001)
     loader = ShardLoader(resolve_source(tmp_path), LoaderConfig(batch_size=2, seed=3))
-    batches = list(DeviceFeeder(loader, torch.device("cpu"), SPEC))   # all held at once
+    batches = list(DeviceFeeder(loader, torch.device("cpu"), WINDOW))   # all held at once
     seen = []
     for b in batches:
         for row, (tid, label) in enumerate(zip(b.track_ids.tolist(), b.labels.tolist())):
             audio, want = truth[tid]
-            start = (row % SPEC.count) * SPEC.hop
-            expected = torch.from_numpy(audio[start:start + SPEC.window].astype("float32")) / 32768
+            start = (row % WINDOW.count) * WINDOW.hop
+            expected = torch.from_numpy(audio[start:start + WINDOW.window].astype("float32")) / 32768
             assert label == want and torch.equal(b.windows[row, 0], expected)
             seen.append(tid)
-    assert sorted(set(seen)) == sorted(truth) and len(seen) == SPEC.count * len(truth)
+    assert sorted(set(seen)) == sorted(truth) and len(seen) == WINDOW.count * len(truth)
 
 
 def test_host_rows_are_cache_line_aligned_and_rows_covers_them(tmp_path):

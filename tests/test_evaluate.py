@@ -104,3 +104,18 @@ def test_recalibrate_batchnorm_replaces_the_running_statistics(synthetic):
     for k, v in model.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k
+
+
+def test_the_evaluate_loader_reads_with_the_user_s_read_options(synthetic, tmp_path, monkeypatch):
+    import fmashard.train.evaluate as evaluate_module
+
+    shards, checkpoint, _ = synthetic
+    made = []
+
+    def recording_loader(spec, config):
+        made.append(config)
+        return ShardLoader(spec, config)
+    monkeypatch.setattr(evaluate_module, "ShardLoader", recording_loader)
+    evaluate_checkpoint(EvaluateConfig(checkpoint=str(checkpoint), shards=str(shards), batch_size=2,
+                                       out=str(tmp_path), read_threads=3, on_error="skip"))
+    assert [(c.read_threads, c.on_error, c.num_workers, c.shuffle) for c in made] == [(3, "skip", 0, False)]

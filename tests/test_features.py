@@ -16,7 +16,7 @@ from fmashard.errors import UserError
 from synth_shards import write_synthetic_shards
 
 CPU = torch.device("cpu")
-SPEC = WindowSpec(window=11_025, overlap=0.5, count=3)   # 0.5-s windows: 22 frames
+WINDOW = WindowSpec(window=11_025, overlap=0.5, count=3)   # 0.5-s windows: 22 frames
 
 
 def reference() -> torch.nn.Module:
@@ -49,13 +49,13 @@ def test_batched_logmel_equals_the_reference_window_by_window(window):
 
 
 def test_device_feeder_turns_every_window_into_its_log_mel(host_batches):
-    plain = list(DeviceFeeder(host_batches, CPU, SPEC))
-    features = list(DeviceFeeder(host_batches, CPU, SPEC, features=make_features("logmel")))
+    plain = list(DeviceFeeder(host_batches, CPU, WINDOW))
+    features = list(DeviceFeeder(host_batches, CPU, WINDOW, features=make_features("logmel")))
     ref = reference()
     assert len(plain) == len(features) == 2
     for p, f in zip(plain, features):
         assert f.windows.shape == (p.windows.shape[0], 1, 128, 22) == (p.windows.shape[0], *feature_shape("logmel",
-                                                                                                           SPEC.window))
+                                                                                                           WINDOW.window))
         assert torch.equal(p.labels, f.labels) and torch.equal(p.track_ids, f.track_ids)
         want = torch.stack([ref(w) for w in p.windows])
         torch.testing.assert_close(f.windows, want, rtol=1e-5, atol=1e-4)
@@ -64,8 +64,8 @@ def test_device_feeder_turns_every_window_into_its_log_mel(host_batches):
 def test_features_come_after_the_augmentations(host_batches):
     """A gain of g dB on the waveform shifts every log-mel bin by g dB: the features saw the gained windows."""
     logmel = make_features("logmel")
-    plain = list(DeviceFeeder(host_batches, CPU, SPEC, features=logmel))
-    gained = list(DeviceFeeder(host_batches, CPU, SPEC, seed=2, transforms=[RandomGain(6)], features=logmel))
+    plain = list(DeviceFeeder(host_batches, CPU, WINDOW, features=logmel))
+    gained = list(DeviceFeeder(host_batches, CPU, WINDOW, seed=2, window_transforms=[RandomGain(6)], features=logmel))
     for p, g in zip(plain, gained):
         shift = (g.windows - p.windows).reshape(p.num_tracks, -1)
         assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=2e-3)   # one shift per track

@@ -78,3 +78,18 @@ def test_unknown_codec_is_a_one_line_user_error():
         get_codec("mp3")
     assert isinstance(info.value, ValueError)
     assert str(info.value) == "unknown codec 'mp3' (known: pcm16, f16, mulaw8, float32)"
+
+
+def test_an_integer_codec_says_how_it_decodes():
+    """By a scale (what DALI multiplies by after its cast) or a table, never neither: a 24-bit codec
+    registered without one would otherwise decode as raw integers without a word."""
+    from fmashard.format.codecs import Codec, decode_widen
+
+    assert get_codec("pcm16").scale == PCM16_SCALE and get_codec("mulaw8").scale is None
+    assert get_codec("f16").scale is None and get_codec("f16").table is None
+    with pytest.raises(ValueError, match="codec pcm24: an integer codec decodes by a scale or by a table"):
+        Codec("pcm24", "pcm24", "int32", lambda clip: b"", decode_widen)
+    with pytest.raises(ValueError, match="one of them"):
+        Codec("u8", "u8", "uint8", lambda clip: b"", decode_widen, scale=1 / 128, table=np.zeros(256, np.float32))
+    raw = torch.tensor([[-32768, 16384]], dtype=torch.int16)
+    assert get_codec("pcm16").decode(raw, torch.empty(2)).tolist() == [[-1.0, 0.5]]

@@ -263,7 +263,9 @@ def test_evaluate_refusal_is_one_line_in_the_cli(shards, tmp_path, cli_error):
 
 
 def test_the_default_limit_is_the_clis(tmp_path):
-    from fmashard.cli.train import NONFINITE_LIMIT as CLI_LIMIT
+    from fmashard.cli.options import option_parameters
+
+    CLI_LIMIT = next(p.default.default for p in option_parameters(TrainConfig) if p.name == "max_nonfinite_steps")
 
     assert CLI_LIMIT == NONFINITE_LIMIT == TrainConfig(shards="s", out="o").max_nonfinite_steps
     with pytest.raises(ValueError, match="max_nonfinite_steps"):

@@ -26,7 +26,7 @@ from test_build import SHARD_SIZE, fma_dir, mini_fma, reference_clip, run_cli  #
 MULAW8 = CODECS["mulaw8"]
 TABLE = torch.tensor(MULAW8.table)
 CPU = torch.device("cpu")
-SPEC = WindowSpec(window=1_000, overlap=0.25, count=3)   # hop 750, span 2,500
+WINDOW = WindowSpec(window=1_000, overlap=0.25, count=3)   # hop 750, span 2,500
 CLIP = 4_000
 
 
@@ -67,7 +67,7 @@ def test_every_level_encodes_to_its_own_byte_and_silence_is_128():
 def test_decode_is_one_gather_into_out_on_strided_views():
     """The device stage decodes a strided (B, W, L) window view of a (B, N) batch: table[value], in `out`."""
     audio = torch.randint(0, 256, (2, CLIP), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    view = audio.unfold(1, SPEC.window, SPEC.hop)[:, : SPEC.count]
+    view = audio.unfold(1, WINDOW.window, WINDOW.hop)[:, : WINDOW.count]
     out = torch.full((view.numel(),), float("nan"))
     got = MULAW8.decode(view, out)
     assert got.shape == view.shape and got.data_ptr() == out.data_ptr()
@@ -139,10 +139,10 @@ def shards(tmp_path_factory):
     return out, write_mulaw8_shards(out)
 
 
-def decoded_windows(clip: np.ndarray, spec: WindowSpec = SPEC) -> torch.Tensor:
+def decoded_windows(clip: np.ndarray, window: WindowSpec = WINDOW) -> torch.Tensor:
     """The table's floats of a clip's fixed windows, computed from the encoded bytes (no codec decode)."""
     codes = torch.from_numpy(np.frombuffer(MULAW8.encode(clip), np.uint8).astype(np.int64))
-    return torch.stack([TABLE[codes[k * spec.hop: k * spec.hop + spec.window]] for k in range(spec.count)])
+    return torch.stack([TABLE[codes[k * window.hop: k * window.hop + window.window]] for k in range(window.count)])
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -152,11 +152,11 @@ def test_shards_read_back_through_loader_and_device_feeder(shards, workers):
     assert (spec.codec, spec.dtype, spec.sample_bytes, spec.fixed_layout) == ("mulaw8", "uint8", CLIP, True)
     loader = ShardLoader(spec, LoaderConfig(batch_size=2, shuffle=False, prefetch=0, num_workers=workers))
     seen = []
-    for batch in DeviceFeeder(loader, CPU, SPEC):
+    for batch in DeviceFeeder(loader, CPU, WINDOW):
         assert batch.windows.dtype == torch.float32 and batch.windows.shape == (batch.num_tracks * 3, 1, 1_000)
-        for row in range(0, batch.windows.shape[0], SPEC.count):
+        for row in range(0, batch.windows.shape[0], WINDOW.count):
             clip, label = tracks[int(batch.track_ids[row])]
-            assert torch.equal(batch.windows[row: row + SPEC.count, 0], decoded_windows(clip))
+            assert torch.equal(batch.windows[row: row + WINDOW.count, 0], decoded_windows(clip))
             assert batch.labels[row] == label
             seen.append(int(batch.track_ids[row]))
     assert sorted(seen) == sorted(tracks)
@@ -166,10 +166,10 @@ def test_random_crops_of_mulaw8_are_table_values(shards):
     out, tracks = shards
     loader = ShardLoader(resolve_source(out, "training"), LoaderConfig(batch_size=5, shuffle=False, prefetch=0))
     host = next(iter(loader))
-    got = next(iter(DeviceFeeder([host], CPU, SPEC, seed=2, transforms=[RandomCrop()])))
+    got = next(iter(DeviceFeeder([host], CPU, WINDOW, seed=2, crop=RandomCrop())))
     floats = TABLE[host.audio.long()]   # the whole clips decoded, then cropped alike
-    want, _ = make_windows(floats, host.labels, SPEC, torch.Generator().manual_seed(hash((2, 0, 0)) & 0x7FFF_FFFF),
-                           transforms=[RandomCrop()])
+    want, _ = make_windows(floats, host.labels, WINDOW, torch.Generator().manual_seed(hash((2, 0, 0)) & 0x7FFF_FFFF),
+                           crop=RandomCrop())
     assert torch.equal(got.windows, want)
 
 
@@ -179,8 +179,9 @@ def test_dali_pipeline_looks_up_the_same_table(shards):
 
     out, _ = shards
     spec = resolve_source(out, "training")
-    torch_path = list(DeviceFeeder(ShardLoader(spec, LoaderConfig(batch_size=2, shuffle=False, prefetch=0)), CPU, SPEC))
-    dali_path = list(DaliLoader(spec, SPEC, batch_size=2))
+    host = ShardLoader(spec, LoaderConfig(batch_size=2, shuffle=False, prefetch=0))
+    torch_path = list(DeviceFeeder(host, CPU, WINDOW))
+    dali_path = list(DaliLoader(spec, WINDOW, batch_size=2))
     assert len(torch_path) == len(dali_path) == 3
     for a, b in zip(torch_path, dali_path):
         assert torch.equal(a.windows, b.windows) and torch.equal(a.track_ids, b.track_ids)

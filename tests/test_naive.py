@@ -18,7 +18,7 @@ from fmashard.errors import UserError
 from shard_tools.build import BuildConfig, build_shards
 from synth_shards import write_synthetic_shards
 
-SPEC = WindowSpec(window=22050, overlap=0.25, count=3)   # 1-s windows: the 3-s clips of the build hold 3
+WINDOW = WindowSpec(window=22050, overlap=0.25, count=3)   # 1-s windows: the 3-s clips of the build hold 3
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_one_hot():
 def test_the_naive_dataset_yields_windows_of_each_pt_file_and_its_one_hot_label(files_build):
     manifest = json.loads((files_build / "manifest.json").read_text())
     entries = manifest["splits"]["training"]["files"]
-    dataset = NaiveFileDataset(str(files_build), "training", spec=SPEC)
+    dataset = NaiveFileDataset(str(files_build), "training", window=WINDOW)
     assert len(dataset) == len(entries) > 0 and dataset.num_classes == len(manifest["vocabulary"])
     for index in (0, len(dataset) - 1):
         windows, label = dataset[index]
@@ -53,13 +53,13 @@ def test_the_naive_dataset_yields_windows_of_each_pt_file_and_its_one_hot_label(
         assert waveform.dtype == torch.float32 and waveform.shape == (66_150,)   # 3 s at 22,050 Hz
         assert len(windows) == 3
         for k, window in enumerate(windows):
-            assert torch.equal(window, waveform[k * SPEC.hop:k * SPEC.hop + SPEC.window])
+            assert torch.equal(window, waveform[k * WINDOW.hop:k * WINDOW.hop + WINDOW.window])
         assert label.shape == (dataset.num_classes,) and int(label.argmax()) == entries[index]["label"]
         assert label.sum() == 1
 
 
 def test_the_naive_loader_collates_like_the_notebook_and_covers_every_track_once(files_build):
-    dataset = NaiveFileDataset(str(files_build / "manifest.json"), "training", spec=SPEC)
+    dataset = NaiveFileDataset(str(files_build / "manifest.json"), "training", window=WINDOW)
     batches = list(naive_loader(dataset, batch_size=4, seed=3))
     windows, labels = batches[0]
     assert isinstance(windows, list) and len(windows) == 3
@@ -73,7 +73,7 @@ def test_the_naive_loader_collates_like_the_notebook_and_covers_every_track_once
 def test_the_mp3_mode_reads_the_same_tracks_the_build_kept(files_build, demo_corpus):
     manifest = json.loads((files_build / "manifest.json").read_text())
     skipped = {s["track_id"] for s in manifest.get("skipped", [])}
-    dataset = NaiveMp3Dataset(str(demo_corpus), "small", "training", spec=SPEC, exclude=skipped)
+    dataset = NaiveMp3Dataset(str(demo_corpus), "small", "training", window=WINDOW, exclude=skipped)
     built = manifest["splits"]["training"]["files"]
     assert len(dataset) == len(built)
     assert sorted(label for _, label in dataset.tracks) == sorted(f["label"] for f in built)

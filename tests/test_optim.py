@@ -7,12 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fmashard.cli.train import NOTEBOOK_FLAGS
 from fmashard.errors import UserError
 from fmashard.models import build_model
 from fmashard.train import ConfigError, TrainConfig, train
 from fmashard.train.checkpoint import BEST_RULE, load_checkpoint, select_best
-from fmashard.train.config import DEFAULT_AUGMENT, NOTEBOOK_RECIPE
+from fmashard.train.config import DEFAULT_AUGMENT, NOTEBOOK_FLAGS, NOTEBOOK_RECIPE
 from fmashard.train.optim import OPTIMIZERS, SCHEDULES, Schedule, build_optimizer, parameter_groups, warmup_steps
 from test_checkpoint import TINY, write_run_shards
 
@@ -96,12 +95,15 @@ def test_defaults_are_the_recipe_and_the_notebook_is_one_set_of_flags_away():
     config = TrainConfig(shards="x", out="y")
     assert (config.optimizer, config.lr_schedule, config.augment, config.random_crop, config.precise_bn) == \
         ("adamw", "cosine", DEFAULT_AUGMENT, True, 8)
-    assert [type(t).__name__ for t in config.transforms()] == ["RandomCrop", "RandomGain", "RandomPolarity"]
+    roles = config.transforms()
+    assert type(roles.crop).__name__ == "RandomCrop" and roles.batch_transforms == ()
+    assert [type(t).__name__ for t in roles.window_transforms] == ["RandomGain", "RandomPolarity"]
     notebook = TrainConfig(shards="x", out="y", **NOTEBOOK_RECIPE)
-    assert notebook.transforms() == [] and notebook.precise_bn == 0 and notebook.optimizer == "adam"
-    from fmashard.cli.train import DEFAULT_AUGMENT as shown
+    assert not notebook.transforms() and notebook.precise_bn == 0 and notebook.optimizer == "adam"
+    from fmashard.cli.options import option_parameters
 
-    assert shown == DEFAULT_AUGMENT
+    shown = {p.name: p.default.default for p in option_parameters(TrainConfig)}
+    assert shown["augment"] == DEFAULT_AUGMENT and shown["optimizer"] == "adamw"
     for field, value in (("optimizer", "sgd"), ("lr_schedule", "step"), ("warmup", 1.5), ("warmup", -1),
                          ("weight_decay", 1.0)):
         with pytest.raises(ConfigError, match=field):

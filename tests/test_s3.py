@@ -75,8 +75,8 @@ def test_shard_loader_over_s3_gives_the_local_batches(uploaded, s3_env, workers)
 
 def test_naive_per_object_loader_over_s3(uploaded, s3_env):
     root, truth, _, files_url = uploaded
-    spec = WindowSpec(window=1000, count=3)
-    remote, local = (NaiveFileDataset(src, spec=spec) for src in (files_url, root / "files"))
+    window = WindowSpec(window=1000, count=3)
+    remote, local = (NaiveFileDataset(src, window=window) for src in (files_url, root / "files"))
     assert len(remote) == len(truth)
     got = list(naive_loader(remote, batch_size=4, seed=1))
     want = list(naive_loader(local, batch_size=4, seed=1))

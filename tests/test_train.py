@@ -294,3 +294,22 @@ def test_progress_bar_draws_on_a_terminal_and_stays_off_in_logs(capsys, monkeypa
     monkeypatch.setenv("CI", "true")
     assert Progress(TrainConfig(shards="x", out="y"), main=True).bar is None
     assert Progress(config, main=False).bar is None and not Progress(config, main=False).verbose
+
+
+def test_every_loader_of_a_run_reads_with_the_user_s_read_options(tiny_shards, tmp_path):
+    """The training, validation and --precise-bn loaders all get --workers, --read-threads and --on-error
+    (the BatchNorm loader once dropped the first two)."""
+    from fmashard.train.distributed import init_distributed
+    from fmashard.train.loop import prepare
+
+    config = TrainConfig(shards=str(tiny_shards), out=str(tmp_path / "run"), workers=1, read_threads=3,
+                         on_error="skip", verbose=False, progress=False, **TINY)
+    dist = init_distributed("cpu")
+    try:
+        run, _ = prepare(config, dist)
+    finally:
+        dist.close()
+    for loader in (run.loader, run.val_loader, run.bn_loader):
+        cfg = loader.config
+        assert (cfg.num_workers, cfg.read_threads, cfg.on_error) == (1, 3, "skip")
+    assert run.loader.config.shuffle and not run.bn_loader.config.shuffle and not run.val_loader.config.shuffle

@@ -11,9 +11,9 @@ def pcm(batch, length, seed=0):
 
 
 def test_notebook_defaults():
-    spec = WindowSpec()
-    assert (spec.window, spec.hop, spec.count) == (110_250, 82_688, 7)  # 110250 - int(0.25 * 110250)
-    assert spec.span() <= 661_500
+    window = WindowSpec()
+    assert (window.window, window.hop, window.count) == (110_250, 82_688, 7)  # 110250 - int(0.25 * 110250)
+    assert window.span() <= 661_500
 
 
 def test_decode_scales_int16_to_unit_range():
@@ -26,12 +26,12 @@ def test_decode_scales_int16_to_unit_range():
     (1, 661_500, 110_250, 0.25, 7), (3, 5_000, 1_000, 0.5, 9), (2, 4_000, 4_000, 0.0, 1)])
 def test_windows_equal_slicing_the_waveform(batch, length, window, overlap, count):
     audio, labels = pcm(batch, length), torch.arange(batch)
-    spec = WindowSpec(window=window, overlap=overlap, count=count)
-    windows, wlabels, wids = make_windows(audio, labels, spec, track_ids=labels + 100)
+    geometry = WindowSpec(window=window, overlap=overlap, count=count)
+    windows, wlabels, wids = make_windows(audio, labels, geometry, track_ids=labels + 100)
     assert windows.shape == (batch * count, 1, window) and windows.dtype == torch.float32
     for b in range(batch):
         for w in range(count):
-            expected = audio[b, w * spec.hop: w * spec.hop + window].float() / 32768
+            expected = audio[b, w * geometry.hop: w * geometry.hop + window].float() / 32768
             assert torch.equal(windows[b * count + w, 0], expected)
     assert wlabels.tolist() == [b for b in range(batch) for _ in range(count)]
     assert wids.tolist() == [b + 100 for b in range(batch) for _ in range(count)]
@@ -39,10 +39,10 @@ def test_windows_equal_slicing_the_waveform(batch, length, window, overlap, coun
 
 def test_random_crop_is_seeded_and_slices_real_windows():
     audio = pcm(2, 3_000)
-    spec, crop = WindowSpec(window=500, count=4), [RandomCrop()]
-    w1, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7), transforms=crop)
-    w2, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(7), transforms=crop)
-    w3, _ = make_windows(audio, torch.zeros(2), spec, torch.Generator().manual_seed(8), transforms=crop)
+    window, crop = WindowSpec(window=500, count=4), RandomCrop()
+    w1, _ = make_windows(audio, torch.zeros(2), window, torch.Generator().manual_seed(7), crop=crop)
+    w2, _ = make_windows(audio, torch.zeros(2), window, torch.Generator().manual_seed(7), crop=crop)
+    w3, _ = make_windows(audio, torch.zeros(2), window, torch.Generator().manual_seed(8), crop=crop)
     assert torch.equal(w1, w2) and not torch.equal(w1, w3)
     flat = audio.float() / 32768
     for i, win in enumerate(w1[:, 0]):
@@ -52,11 +52,11 @@ def test_random_crop_is_seeded_and_slices_real_windows():
 
 
 def test_too_short_clip_is_refused():
-    spec = WindowSpec(window=600, overlap=0.0, count=2)
+    window = WindowSpec(window=600, overlap=0.0, count=2)
     with pytest.raises(ValueError, match="shorter than 2 windows need"):
-        make_windows(pcm(1, 1000), torch.zeros(1), spec)
-    assert samples_needed(spec) == 1200 and samples_needed(spec, [RandomCrop()]) == 600
-    windows, _ = make_windows(pcm(1, 1000), torch.zeros(1), spec, torch.Generator(), transforms=[RandomCrop()])
+        make_windows(pcm(1, 1000), torch.zeros(1), window)
+    assert samples_needed(window) == 1200 and samples_needed(window, RandomCrop()) == 600
+    windows, _ = make_windows(pcm(1, 1000), torch.zeros(1), window, torch.Generator(), crop=RandomCrop())
     assert windows.shape == (2, 1, 600)   # a crop needs one window's worth only
     with pytest.raises(ValueError, match="shorter than one window"):
-        make_windows(pcm(1, 500), torch.zeros(1), spec, torch.Generator(), transforms=[RandomCrop()])
+        make_windows(pcm(1, 500), torch.zeros(1), window, torch.Generator(), crop=RandomCrop())

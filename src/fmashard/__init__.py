@@ -11,9 +11,8 @@ stays light: torch is imported only when one of them is used.
 """
 from __future__ import annotations
 
-import importlib
-
 from fmashard.cpu_isa import cap_onednn_isa
+from fmashard.lazy import lazy_names
 
 __version__ = "0.1.0"
 cap_onednn_isa()   # before torch runs anything: correct bf16 on AMX CPUs (fmashard.cpu_isa)
@@ -31,14 +30,4 @@ _EXPORTS = {  # name -> the module that defines it
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fmashard' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value   # looked up once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())

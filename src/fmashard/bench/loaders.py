@@ -16,7 +16,7 @@ from fmashard.bench.naive import (
     NaiveMp3Dataset,
     naive_loader,
 )
-from fmashard.bench.timing import Run, timed
+from fmashard.bench.timing import TimedPass, timed
 from fmashard.data.device import DeviceFeeder, resolve_device
 from fmashard.data.features import make_features
 from fmashard.data.loader import LoaderConfig, ShardLoader
@@ -38,7 +38,7 @@ class BenchData:
     sizes: dict = field(default_factory=dict)   # mean bytes per track of each naive dataset
 
 
-def raw_read(spec, limit: int) -> Run:
+def raw_read(spec, limit: int) -> TimedPass:
     """Sequential reads of the same shard bytes the loaders parse: the physical limit."""
     buf = bytearray(8 << 20)
 
@@ -75,14 +75,14 @@ class FmashardPass:
                                                      seed=config.seed, check_crc=check_crc))
         self.epoch = 0
 
-    def __call__(self) -> Run:
+    def __call__(self) -> TimedPass:
         self.loader.set_epoch(self.epoch)
         self.epoch += 1
         return fmashard_pass(self.loader, *self.args)
 
 
 def fmashard_pass(loader: ShardLoader, spec, config: BenchConfig, device, full: bool, limit: int,
-                  features=None) -> Run:
+                  features=None) -> TimedPass:
     if not full:
         return timed(loader, len, spec.record_bytes, limit)
     feeder = DeviceFeeder(loader, device, WindowSpec(), seed=config.seed, features=features)
@@ -91,7 +91,7 @@ def fmashard_pass(loader: ShardLoader, spec, config: BenchConfig, device, full: 
     return run
 
 
-def dali_pass(spec, config: BenchConfig, device, limit: int) -> Run:
+def dali_pass(spec, config: BenchConfig, device, limit: int) -> TimedPass:
     from fmashard.data.dali import DaliLoader
 
     loader = DaliLoader(spec, WindowSpec(), batch_size=config.batch_size,
@@ -99,7 +99,7 @@ def dali_pass(spec, config: BenchConfig, device, limit: int) -> Run:
     return timed(loader, lambda b: b.num_tracks, spec.record_bytes, limit)
 
 
-def naive_pass(dataset, config: BenchConfig, workers: int, device, bytes_per_track: int, limit: int) -> Run:
+def naive_pass(dataset, config: BenchConfig, workers: int, device, bytes_per_track: int, limit: int) -> TimedPass:
     def to_device(loader):
         for windows, labels in loader:
             yield [w.to(device, non_blocking=True) for w in windows], labels.to(device)
@@ -150,7 +150,7 @@ def load_bench_data(config: BenchConfig) -> BenchData:
 
 
 def make_runners(config: BenchConfig) -> dict:
-    """{(loader, workers): callable() -> Run}, all limited to the same number of tracks.  `config.loaders`
+    """{(loader, workers): callable() -> TimedPass}, all limited to the same number of tracks.  `config.loaders`
     holds current names (`fmashard.bench.config.with_resolved_loaders`)."""
     data = load_bench_data(config)
     return {(name, workers): RUNNERS[name](data, workers)

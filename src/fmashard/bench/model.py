@@ -47,18 +47,18 @@ def _timed_steps(batches, step, steps: int, device) -> float:
 def model_throughput(config) -> dict:
     device = resolve_device(config.device)
     spec = resolve_source(config.shards, config.split)
-    windows = WindowSpec()
-    model = build_model(config.with_model, len(spec.vocabulary or ()) or 8, windows.window).to(device)
+    window = WindowSpec()
+    model = build_model(config.with_model, len(spec.vocabulary or ()) or 8, window.window).to(device)
     step = _step_fn(model, device, config.amp)
     loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, seed=config.seed))
 
     def real():
         while True:
-            for batch in DeviceFeeder(loader, device, windows, seed=config.seed):
+            for batch in DeviceFeeder(loader, device, window, seed=config.seed):
                 yield batch.windows, batch.labels
 
-    n = config.batch_size * windows.count
-    synthetic_batch = (torch.randn(n, 1, windows.window, device=device) * 0.1,
+    n = config.batch_size * window.count
+    synthetic_batch = (torch.randn(n, 1, window.window, device=device) * 0.1,
                        torch.randint(0, model.fc.out_features, (n,), device=device))
 
     def synthetic():

@@ -26,12 +26,12 @@ from fmashard.errors import UserError
 from fmashard.format.manifest import load_manifest, manifest_url
 
 
-def python_windows(waveform: torch.Tensor, spec: WindowSpec) -> list[torch.Tensor]:
+def python_windows(waveform: torch.Tensor, window: WindowSpec) -> list[torch.Tensor]:
     """The notebook's loop: slices of `window` samples every `hop`, at most `count` of them."""
     subsamples = []
-    for i in range(0, waveform.size(0) - spec.window + 1, spec.hop):
-        subsamples.append(waveform[i:i + spec.window])
-        if len(subsamples) == spec.count:
+    for i in range(0, waveform.size(0) - window.window + 1, window.hop):
+        subsamples.append(waveform[i:i + window.window])
+        if len(subsamples) == window.count:
             break
     return subsamples
 
@@ -53,14 +53,14 @@ def load_files_manifest(source: str) -> tuple[dict, str]:
 class NaiveFileDataset(Dataset):
     """One `.pt` float32 waveform per track (local path or URL), windows cut in Python."""
 
-    def __init__(self, source: str, split: str = "training", spec: WindowSpec = WindowSpec()):
+    def __init__(self, source: str, split: str = "training", window: WindowSpec = WindowSpec()):
         manifest, self.base = load_files_manifest(source)
         if split not in manifest["splits"]:
             raise UserError(f"{source}: no split {split!r}")
         self.files = manifest["splits"][split]["files"]
         self.num_classes = len(manifest["vocabulary"])
         self.sample_rate = int(manifest.get("sample_rate", 22050))
-        self.spec = spec
+        self.window = window
 
     def __len__(self):
         return len(self.files)
@@ -73,15 +73,15 @@ class NaiveFileDataset(Dataset):
     def __getitem__(self, index):
         entry = self.files[index]
         waveform = self._load(storage.join_url(self.base, entry["path"]))
-        return python_windows(waveform, self.spec), one_hot(entry["label"], self.num_classes)
+        return python_windows(waveform, self.window), one_hot(entry["label"], self.num_classes)
 
 
 class NaiveLogMelDataset(NaiveFileDataset):
     """`NaiveFileDataset`, then the same log-mel spectrogram as the device stage (`make_features("logmel")`),
     computed on the CPU for each window in turn: a list of W (1, n_mels, frames) tensors per track."""
 
-    def __init__(self, source: str, split: str = "training", spec: WindowSpec = WindowSpec()):
-        super().__init__(source, split, spec)
+    def __init__(self, source: str, split: str = "training", window: WindowSpec = WindowSpec()):
+        super().__init__(source, split, window)
         self.features = None   # made on first use, in the process that uses it (DataLoader workers too)
 
     def __getitem__(self, index):
@@ -98,7 +98,7 @@ class NaiveMp3Dataset(Dataset):
     """Decode + mono + resample each MP3 on every access (the notebook's precomputed=False)."""
 
     def __init__(self, fma_dir: str, subset: str = "small", split: str = "training",
-                 spec: WindowSpec = WindowSpec(), sample_rate: int = 22050, exclude: set[int] = frozenset()):
+                 window: WindowSpec = WindowSpec(), sample_rate: int = 22050, exclude: set[int] = frozenset()):
         """`exclude`: track ids the build skipped (its manifest's `skipped` list), so that this loader
         sees the same tracks as the shard loaders."""
         from shard_tools.fma_metadata import audio_path, load_selection
@@ -107,7 +107,7 @@ class NaiveMp3Dataset(Dataset):
         self.tracks = [(audio_path(fma_dir, subset, t.track_id), t.label) for t in selection.tracks[split]
                        if t.track_id not in exclude]
         self.num_classes = len(selection.vocabulary)
-        self.spec, self.sample_rate = spec, sample_rate
+        self.window, self.sample_rate = window, sample_rate
 
     def __len__(self):
         return len(self.tracks)
@@ -122,9 +122,9 @@ class NaiveMp3Dataset(Dataset):
         if rate != self.sample_rate:
             mono = soxr.resample(mono, rate, self.sample_rate, quality="HQ")
         waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
-        windows = python_windows(waveform, self.spec)
-        if len(windows) < self.spec.count:  # too short: pad with zeros (the build would skip it)
-            windows += [torch.zeros(self.spec.window)] * (self.spec.count - len(windows))
+        windows = python_windows(waveform, self.window)
+        if len(windows) < self.window.count:  # too short: pad with zeros (the build would skip it)
+            windows += [torch.zeros(self.window.window)] * (self.window.count - len(windows))
         return windows, one_hot(label, self.num_classes)
 
 

@@ -14,7 +14,7 @@ from fmashard.bench.config import BenchConfig, with_resolved_loaders
 from fmashard.bench.loaders import make_runners
 from fmashard.bench.model import model_throughput
 from fmashard.bench.report import environment, method_line
-from fmashard.bench.timing import Run, measure
+from fmashard.bench.timing import TimedPass, measure
 from fmashard.data.device import resolve_device
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
@@ -24,7 +24,7 @@ from fmashard.errors import UserError
 class LoaderResult:
     name: str
     workers: int
-    runs: list[Run] = field(default_factory=list)
+    runs: list[TimedPass] = field(default_factory=list)
 
 
 def median_min_max(values):

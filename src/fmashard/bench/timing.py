@@ -10,7 +10,7 @@ import psutil
 
 
 @dataclass
-class Run:
+class TimedPass:
     """One timed pass of one loader."""
 
     tracks: int
@@ -24,14 +24,14 @@ class Run:
     main_cpu_seconds: float = 0.0   # of this process only (cpu_seconds adds its DataLoader workers)
 
 
-def measure(runner, min_seconds: float) -> Run:
+def measure(runner, min_seconds: float) -> TimedPass:
     """Repeat one loader's pass until `min_seconds` have passed; per-pass averages.  A pass over 400
     tracks takes ~0.1 s for the fast loaders, too short to time reliably on a shared machine."""
     runs = [runner()]
     while sum(r.seconds for r in runs) < min_seconds:
         runs.append(runner())
     n = len(runs)
-    return Run(runs[0].tracks, runs[0].bytes, sum(r.seconds for r in runs) / n, runs[0].first_batch,
+    return TimedPass(runs[0].tracks, runs[0].bytes, sum(r.seconds for r in runs) / n, runs[0].first_batch,
                sum(r.cpu_seconds for r in runs) / n, max(r.peak_rss for r in runs),
                max(r.rss_added for r in runs), n, sum(r.main_cpu_seconds for r in runs) / n)
 
@@ -96,7 +96,7 @@ def cpu_seconds() -> float:
     return main_cpu_seconds() + u.ru_utime + u.ru_stime + live
 
 
-def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> Run:
+def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> TimedPass:
     """Drain an iterator of batches (stopping at `limit` tracks) and time it."""
     cpu0, main0, start, first, tracks = cpu_seconds(), main_cpu_seconds(), time.perf_counter(), None, 0
     with RssSampler() as rss:
@@ -110,5 +110,5 @@ def timed(batches, count_tracks, bytes_per_track: int, limit: int | None) -> Run
                 break
         del it  # shuts down DataLoader workers, so their CPU time is counted
         seconds = time.perf_counter() - start
-    return Run(tracks, tracks * bytes_per_track, seconds, first or seconds, cpu_seconds() - cpu0, rss.peak,
+    return TimedPass(tracks, tracks * bytes_per_track, seconds, first or seconds, cpu_seconds() - cpu0, rss.peak,
                rss.added, main_cpu_seconds=main_cpu_seconds() - main0)

@@ -38,7 +38,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module adds its own commands to `app`; imports stay light (heavy imports live inside commands).
-    for name in ("corpus", "data", "train", "bench", "demo"):
+    for name in ("data", "train", "bench", "demo"):
         try:
             __import__(f"fmashard.cli.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet

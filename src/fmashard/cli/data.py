@@ -1,4 +1,7 @@
-"""`fmashard build` and `fmashard verify`: thin wrappers over shard_tools.build / shard_tools.verify."""
+"""`fmashard fma-info`, `fmashard build` and `fmashard verify`: thin wrappers over shard_tools.fma_metadata,
+shard_tools.build and shard_tools.verify."""
+
+from pathlib import Path
 
 import typer
 
@@ -6,6 +9,23 @@ from fmashard.cli import app
 from fmashard.format.codecs import CODECS, SHARD_CODECS
 
 CODEC_CHOICES = " or ".join(f"{name} ({CODECS[name].dtype})" for name in SHARD_CODECS)
+
+
+@app.command("fma-info")
+def fma_info(
+    fma_dir: Path = typer.Argument(..., help="FMA folder holding fma_metadata/tracks.csv."),
+    subset: str = typer.Option("small", help="FMA subset: small, medium or large."),
+    split: list[str] | None = typer.Option(None, help="Split to select (repeatable); default all."),
+) -> None:
+    """Show which tracks a build would select: counts per split, vocabulary, exclusions."""
+    from shard_tools.fma_metadata import SPLITS, load_selection
+
+    selection = load_selection(fma_dir, subset, tuple(split) if split else SPLITS)
+    print(f"{fma_dir}: subset {selection.subset}, {selection.num_tracks} tracks, "
+          f"{len(selection.vocabulary)} genres, {selection.excluded_no_genre} excluded without genre_top")
+    for name, refs in selection.tracks.items():
+        print(f"  {name:<11}{len(refs):>7}")
+    print("vocabulary: " + ", ".join(selection.vocabulary))
 
 
 @app.command("build")

@@ -1,12 +1,29 @@
-"""`fmashard demo`: corpus -> build -> train -> bench, on the CPU, in minutes."""
+"""`fmashard demo`: corpus -> build -> train -> bench, on the CPU, in minutes; `fmashard demo-data`: the corpus
+alone (a synthetic FMA-format folder)."""
 from __future__ import annotations
 
 import dataclasses
 import tempfile
+from pathlib import Path
 
 import typer
 
 from fmashard.cli import app
+
+
+@app.command("demo-data")
+def demo_data(
+    out_dir: Path = typer.Argument(..., help="New or empty folder for the corpus."),
+    genres: int = typer.Option(8, help="Number of FMA genres, 1..8."),
+    tracks_per_genre: int = typer.Option(20, help="Tracks per genre (10..1000), split 80/10/10."),
+    seed: int = typer.Option(0, help="Same seed, byte-identical corpus."),
+) -> None:
+    """Write a small synthetic corpus in FMA's layout (tracks.csv, genres.csv, fma_small/*.mp3)."""
+    from shard_tools.demo_corpus import DemoCorpusConfig, write_demo_corpus
+
+    config = DemoCorpusConfig(out_dir=out_dir, genres=genres, tracks_per_genre=tracks_per_genre,
+                              seed=seed)
+    print(write_demo_corpus(config).format())
 
 
 @app.command("demo")

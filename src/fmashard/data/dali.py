@@ -3,14 +3,14 @@ with the same shapes, dtypes and values as the torch path (`ShardLoader` -> `Dev
 
     fn.readers.webdataset (local .tar + .idx)
       -> pcm/f16/mulaw8 (int16/float16/uint8), cls (ASCII bytes), source_info ("shard.tar:offset:000002.pcm")
-      -> W fixed-hop slices, stacked -> float32: cast (x 1/32768 for pcm16), or the codec's table
+      -> W fixed-hop slices, stacked -> float32: cast (x the codec's scale: 1/32768 for pcm16), or the codec's table
          (mulaw8: fn.lookup_table, the 256 floats the torch path gathers from)   [inside DALI, .gpu() on GPU]
       -> DALIGenericIterator -> (B, W, L) -> (B*W, 1, L); labels and track ids parsed on the host (B per batch)
 
-The `transforms` (`fmashard.data.transforms`) run on the DALI output through the same code as the torch
-path (`fmashard.data.windows.finish_windows`; with a crop, the pipeline hands out whole clips and
-`make_windows` cuts them), seeded per (seed, epoch, batch index) alike, then the label-mixing transforms
-and the `features` (`fmashard.data.device.finish_device_batch`: the torch path's code, on DALI's output).
+The transforms by role (`fmashard.data.transforms`) run on the DALI output through the same code as the
+torch path (`fmashard.data.windows.finish_windows`; with a `crop`, the pipeline hands out whole clips and
+`make_windows` cuts them), seeded per (seed, epoch, batch index) alike, then the `batch_transforms` and
+the `features` (`fmashard.data.device.finish_device_batch`: the torch path's code, on DALI's output).
 DALI shuffles with its own reader (a buffer of `initial_fill` samples, shard order reshuffled every
 epoch); it has no exact resume.
 """
@@ -23,10 +23,10 @@ import torch
 
 from fmashard import storage
 from fmashard.data.device import DeviceBatch, finish_device_batch
-from fmashard.data.transforms import batch_generator, split_transforms
-from fmashard.data.windows import WindowSpec, cropper, finish_windows, make_windows, samples_needed
+from fmashard.data.transforms import DeviceTransforms
+from fmashard.data.windows import WindowSpec, finish_windows, make_windows, samples_needed
 from fmashard.errors import CorruptSampleError, UserError
-from fmashard.format.codecs import PCM16_SCALE, get_codec
+from fmashard.format.codecs import get_codec
 from fmashard.format.spec import DatasetSpec
 from fmashard.format.tar import split_member, track_id_of
 
@@ -92,29 +92,30 @@ class DaliLoader:
         for batch in loader: ...        # one epoch per loop; the last batch may be partial
 
     `rank`/`world_size` split the samples into contiguous ranges (DALI's `shard_id`/`num_shards`);
-    `transforms` and `features` as for `DeviceFeeder`."""
+    `window` (the WindowSpec), `crop`, `window_transforms`, `batch_transforms` and `features` as for
+    `DeviceFeeder`."""
 
-    def __init__(self, spec: DatasetSpec, window_spec: WindowSpec = WindowSpec(), batch_size: int = 8,
+    def __init__(self, spec: DatasetSpec, window: WindowSpec = WindowSpec(), batch_size: int = 8,
                  device: str = "cpu", shuffle: bool = False, seed: int = 0, num_threads: int = 2,
-                 rank: int = 0, world_size: int = 1, transforms=(), features=None):
+                 rank: int = 0, world_size: int = 1, crop=None, window_transforms=(), batch_transforms=(),
+                 features=None):
         if device not in ("cpu", "gpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
         if batch_size < 1 or num_threads < 1:
             raise ValueError(f"batch_size and num_threads must be >= 1, got {batch_size}, {num_threads}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.transforms = tuple(transforms)
-        self.window_transforms, self.mixers = split_transforms(self.transforms)
-        need = samples_needed(window_spec, self.transforms)
+        self.transforms = DeviceTransforms(crop, window_transforms, batch_transforms)
+        need = samples_needed(window, crop)
         if spec.clip_samples < need:
-            raise ValueError(f"clips of {spec.clip_samples} samples are shorter than {window_spec.count} windows "
+            raise ValueError(f"clips of {spec.clip_samples} samples are shorter than {window.count} windows "
                              f"need ({need})")
         self.dali, self.dali_torch = import_dali()
         self.gpu = device != "cpu"
         if self.gpu and not torch.cuda.is_available():
             raise UserError(NO_CUDA)
         self.paths, self.index_paths = local_shards(spec)
-        self.spec, self.window_spec = spec, window_spec
+        self.spec, self.window = spec, window
         self.batch_size, self.shuffle, self.seed, self.num_threads = batch_size, shuffle, seed, num_threads
         self.rank, self.world_size = rank, world_size
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.gpu else torch.device("cpu")
@@ -131,10 +132,10 @@ class DaliLoader:
 
     def _pipeline(self):
         dali, fn, types = self.dali, self.dali.fn, self.dali.types
-        spec, ws = self.spec, self.window_spec
+        spec, window = self.spec, self.window
         audio_type = getattr(types, spec.dtype.upper())   # the stored dtype: INT16, FLOAT16, UINT8
-        table = get_codec(spec.codec).table
-        cropped = cropper(self.transforms) is not None
+        codec = get_codec(spec.codec)
+        cropped = self.transforms.crop is not None
         shard_shuffle = {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": self.seed} if self.shuffle else {}
 
         # pad_last_batch: the reader pads a partial last batch (the iterator trims it) and starts the next
@@ -155,14 +156,14 @@ class DaliLoader:
             if cropped:  # whole clip out; the crops are drawn by fmashard.data.windows
                 clips = audio
             else:  # (W, L): W fixed-hop slices of the raw samples
-                clips = fn.stack(*[audio[k * ws.hop: k * ws.hop + ws.window] for k in range(ws.count)])
-            if table is not None:   # the codec's decode is a lookup: the same table, inside DALI
-                clips = fn.lookup_table(clips, keys=list(range(len(table))), values=table.tolist(),
+                clips = fn.stack(*[audio[k * window.hop: k * window.hop + window.window] for k in range(window.count)])
+            if codec.table is not None:   # the codec's decode is a lookup: the same table, inside DALI
+                clips = fn.lookup_table(clips, keys=list(range(len(codec.table))), values=codec.table.tolist(),
                                         dtype=types.FLOAT)
-            else:
+            else:                         # a cast, then the codec's scale (pcm16: 1/32768), if it has one
                 clips = fn.cast(clips, dtype=types.FLOAT)
-                if spec.dtype == "int16":
-                    clips = clips * PCM16_SCALE
+                if codec.scale is not None:
+                    clips = clips * codec.scale
             return clips, fn.pad(cls, fill_value=0), info
 
         return windows_pipeline()
@@ -180,15 +181,16 @@ class DaliLoader:
         labels = torch.tensor([parse_label(raw, info) for raw, info in zip(out["cls"], infos)], dtype=torch.int64)
         track_ids = torch.tensor([track_id_of(shard_and_key(info)[1]) for info in infos], dtype=torch.int64)
         labels, track_ids = labels.to(self.device), track_ids.to(self.device)
-        audio, ws, count = out["audio"], self.window_spec, len(infos)
-        generator = batch_generator(self.seed, self.epoch, index) if self.transforms else None
-        if cropper(self.transforms) is not None:   # whole clips: cut (and transformed) as on the torch path
-            windows, labels, track_ids = make_windows(audio, labels, ws, generator, track_ids,
-                                                      transforms=self.window_transforms)
-        else:                                      # fixed windows cut by DALI: transformed as on the torch path
-            windows, labels, track_ids = finish_windows(audio.reshape(count * ws.count, ws.window), labels, ws,
-                                                        generator, track_ids, self.window_transforms)
-        return finish_device_batch(windows, labels, track_ids, count, ws, generator, self.mixers, self.features)
+        audio, window, roles, count = out["audio"], self.window, self.transforms, len(infos)
+        generator = roles.generator(self.seed, self.epoch, index)
+        if roles.crop is not None:   # whole clips: cut (and transformed) as on the torch path
+            windows, labels, track_ids = make_windows(audio, labels, window, generator, track_ids,
+                                                      crop=roles.crop, window_transforms=roles.window_transforms)
+        else:                        # fixed windows cut by DALI: transformed as on the torch path
+            windows, labels, track_ids = finish_windows(audio.reshape(count * window.count, window.window), labels,
+                                                        window, generator, track_ids, roles.window_transforms)
+        return finish_device_batch(windows, labels, track_ids, count, window, generator, roles.batch_transforms,
+                                   self.features)
 
     def __iter__(self):
         for index, (out,) in enumerate(self._dali_iterator()):

@@ -3,8 +3,9 @@
 On CUDA the raw int16 batch (pinned by the loader) is copied with `non_blocking=True` on a side stream
 while the current batch computes; the compute stream waits on an event before decoding it.  On CPU the
 same code runs without streams.  Decoding and windowing happen on the device (`fmashard.data.windows`),
-then the `transforms` (augmentations, `fmashard.data.transforms`: training passes them, evaluation none;
-label-mixing ones such as Mixup last, which leave soft targets in `DeviceBatch.mix`), then the `features`
+then the transforms by role (augmentations, `fmashard.data.transforms`: training passes them, evaluation
+none): the `crop` and `window_transforms`, then the `batch_transforms` (Mixup, which leaves soft targets in
+`DeviceBatch.mix`), then the `features`
 (`fmashard.data.features`: the same for training and evaluation; none: the waveform windows).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from fmashard.data import recycle
 from fmashard.data.targets import MixedLabels
-from fmashard.data.transforms import batch_generator, mix_windows, split_transforms
+from fmashard.data.transforms import DeviceTransforms, mix_batch
 from fmashard.data.windows import WindowSpec, make_windows
 from fmashard.errors import UserError
 
@@ -40,10 +41,10 @@ class DeviceBatch:
 
 
 def finish_device_batch(windows: torch.Tensor, labels: torch.Tensor, track_ids: torch.Tensor, num_tracks: int,
-                 spec: WindowSpec, generator=None, mixers=(), features=None) -> DeviceBatch:
+                        window: WindowSpec, generator=None, batch_transforms=(), features=None) -> DeviceBatch:
     """The device stage's last steps, on the (B*W, 1, L) transformed windows (the torch path and the DALI
-    backend alike): the label-mixing transforms, then the features."""
-    windows, mix = mix_windows(windows, labels, spec, generator, mixers)
+    backend alike): the batch transform, then the features."""
+    windows, mix = mix_batch(windows, labels, window, generator, batch_transforms)
     if features is not None:
         windows = features(windows)
     return DeviceBatch(windows, labels, track_ids, num_tracks, mix)
@@ -52,17 +53,18 @@ def finish_device_batch(windows: torch.Tensor, labels: torch.Tensor, track_ids: 
 class DeviceFeeder:
     """Iterate `DeviceBatch`es from an iterable of `HostBatch`es, one batch prefetched to the device.
 
-    `transforms` run in order on every batch (none: the fixed windows of `spec`), label-mixing ones after
-    the others; `seed`, `epoch` and the batch index seed their draws (`batch_generator`), so a resumed run
-    crops and augments exactly as before.  `features` (a module of `fmashard.data.features`, moved to
+    The transforms, by role (`fmashard.data.transforms`; none: the fixed windows of `window`): `crop` cuts
+    the windows, the `window_transforms` run on them in order, then the `batch_transforms` (Mixup) on the
+    windows with their labels.  `seed`, `epoch` and the batch index seed their draws (`batch_generator`),
+    so a resumed run crops and augments exactly as before.  `features` (a module of `fmashard.data.features`, moved to
     `device` here) turns the windows into what the model takes."""
 
-    def __init__(self, host_batches, device: torch.device, spec: WindowSpec = WindowSpec(),
-                 seed: int = 0, epoch: int = 0, start_index: int = 0, transforms=(), features=None):
-        self.host_batches, self.device, self.spec = host_batches, device, spec
+    def __init__(self, host_batches, device: torch.device, window: WindowSpec = WindowSpec(),
+                 seed: int = 0, epoch: int = 0, start_index: int = 0, crop=None, window_transforms=(),
+                 batch_transforms=(), features=None):
+        self.host_batches, self.device, self.window = host_batches, device, window
         self.seed, self.epoch, self.start_index = seed, epoch, start_index
-        self.transforms = tuple(transforms)
-        self.window_transforms, self.mixers = split_transforms(self.transforms)
+        self.transforms = DeviceTransforms(crop, window_transforms, batch_transforms)
         self.features = None if features is None else features.to(device)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
@@ -84,16 +86,16 @@ class DeviceFeeder:
             torch.cuda.current_stream(self.device).wait_event(event)
             for t in (audio, labels, track_ids):  # the allocator must not reuse these too early
                 t.record_stream(torch.cuda.current_stream(self.device))
-        generator = batch_generator(self.seed, self.epoch, index) if self.transforms else None
+        generator, roles = self.transforms.generator(self.seed, self.epoch, index), self.transforms
         out = None   # CUDA's caching allocator reuses device memory; on the CPU, fmashard.data.recycle does
         if not self.cuda:    # (a short last batch takes the front of a full-size buffer: one shape cached)
             self.rows = max(self.rows, audio.shape[0])
-            full = recycle.empty((self.rows * self.spec.count, self.spec.window), torch.float32, keep=4)
-            out = full[: audio.shape[0] * self.spec.count]
-        windows, labels, track_ids = make_windows(audio, labels, self.spec, generator, track_ids, out,
-                                                  self.window_transforms)
-        return finish_device_batch(windows, labels, track_ids, audio.shape[0], self.spec, generator, self.mixers,
-                            self.features)
+            full = recycle.empty((self.rows * self.window.count, self.window.window), torch.float32, keep=4)
+            out = full[: audio.shape[0] * self.window.count]
+        windows, labels, track_ids = make_windows(audio, labels, self.window, generator, track_ids, out,
+                                                  roles.crop, roles.window_transforms)
+        return finish_device_batch(windows, labels, track_ids, audio.shape[0], self.window, generator,
+                                   roles.batch_transforms, self.features)
 
     def __iter__(self):
         staged, index = None, self.start_index

@@ -317,8 +317,7 @@ class ShardLoader:
         samples = max(1, *(worker_samples(self.spec, cfg.plan_config(), self.rank, self.world, w, workers)
                            for w in range(workers)))
         rows = min(cfg.batch_size, samples)
-        pending = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1   # as plan.worker_plan
-        count = ring_size(min(pending, -(-samples // rows)))
+        count = ring_size(min(cfg.pending_buffers, -(-samples // rows)))
         return [SharedRing(count, (rows, row_bytes(self.spec) // dtype.itemsize), dtype, self.spec.clip_samples)
                 for _ in range(workers)]
 

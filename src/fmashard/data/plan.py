@@ -177,6 +177,11 @@ class PlanConfig:
     drop_last: bool = False
     equal_ranks: bool = True
 
+    @property
+    def pending_buffers(self) -> int:
+        """Batch buffers a worker fills at once: the shuffle buffer, in batches (1 without a shuffle)."""
+        return max(1, self.shuffle_buffer // self.batch_size) if self.shuffle else 1
+
 
 def batch_count(n: int, batch_size: int, drop_last: bool) -> int:
     """Batches a plan of n samples emits (every batch full but the last)."""
@@ -197,7 +202,7 @@ def worker_plan(spec: DatasetSpec, cfg: PlanConfig, epoch: int, rank: int, world
     w_lo, w_hi = split_range(r_hi - r_lo, worker, num_workers, False)
     segments = segments_for(spec, order, r_lo + w_lo, r_lo + w_hi)
     n = w_hi - w_lo
-    buffers = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1
+    buffers = cfg.pending_buffers
     rng = np.random.default_rng([cfg.seed, epoch, rank, world, worker, num_workers])
     return WorkerPlan(tuple(segments), make_batch_plan(n, cfg.batch_size, buffers, rng, cfg.drop_last), buffers)
 

@@ -1,26 +1,35 @@
-"""Device transforms: the augmentations of the device stage, as a list applied during training only.
+"""Device transforms: the augmentations of the device stage, by role, applied during training only.
 
-    DeviceFeeder(loader, device, window, transforms=[RandomCrop()], seed=seed, epoch=epoch)  # training
-    DeviceFeeder(loader, device, window)                                                     # evaluation
+    DeviceFeeder(loader, device, window, crop=RandomCrop(), window_transforms=[RandomGain(6)],
+                 batch_transforms=[Mixup(0.2)], seed=seed, epoch=epoch)                          # training
+    DeviceFeeder(loader, device, window)                                                          # evaluation
 
-A transform is a callable `(windows (B*W, L) float32, spec, generator) -> windows`, applied in list order
-by `fmashard.data.windows.finish_windows` (the torch path and the DALI backend alike); it may change
-`windows` in place (they are the device stage's own buffer).  A transform that also has
-`window_starts(spec, batch, length, generator) -> (B, W)` chooses where the windows are cut (RandomCrop);
-it draws first.  A label-mixing transform (Mixup) has `mix_batch(windows, labels, spec, generator) ->
-(windows, MixedLabels)` instead: the device stage runs it after all the others, on the (B*W, 1, L)
-windows with their labels, and the batch then carries soft targets (`fmashard.data.targets`).  Random
-draws come from `generator`, seeded per (seed, epoch, batch index) by `batch_generator` and drawn in
-list order, so a resumed run draws exactly what the interrupted one would have.
+Three roles, each its own argument of `DeviceFeeder` and `DaliLoader` (as lhotse's `cut_transforms` and
+`input_transforms`), run in this order:
+
+  crop               `window_starts(window, batch, length, generator) -> (B, W)`: where the windows are
+                     cut (RandomCrop); none: fixed hops.  It draws first.
+  window_transforms  callables `(windows (B*W, L) float32, window, generator) -> windows`, applied in list
+                     order by `fmashard.data.windows.finish_windows` (the torch path and the DALI backend
+                     alike); they may change `windows` in place (the device stage's own buffer).
+  batch_transforms   at most one label-mixing transform (Mixup): `mix_batch(windows, labels, window,
+                     generator) -> (windows, MixedLabels)`, run on the (B*W, 1, L) windows with their labels;
+                     the batch then carries soft targets (`fmashard.data.targets`).
+
+`DeviceTransforms` holds the three together (what `TrainConfig.transforms()` returns).  Random draws come
+from `generator`, seeded per (seed, epoch, batch index) by `batch_generator` and drawn in the order above,
+so a resumed run draws exactly what the interrupted one would have.
 
 Training augmentations by name (`--augment`): `parse_augment("gain=6,polarity,mixup=0.2")` ->
-[RandomGain(db=6), RandomPolarity(p=0.5), Mixup(alpha=0.2)], in the order of `AUGMENTATIONS` whatever the
-order written (mixing comes last).  Gain and polarity draw once per track: all windows of a track get
-the same factor.  To add one: a class here and an entry in `AUGMENTATIONS`.
+DeviceTransforms(window_transforms=(RandomGain(db=6), RandomPolarity(p=0.5)), batch_transforms=(Mixup(alpha=0.2),)),
+in the order of `AUGMENTATIONS` whatever the order written; the table gives each its role.  Gain and
+polarity draw once per track: all windows of a track get the same factor.  To add one: a class here and
+an entry in `AUGMENTATIONS`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,13 +51,14 @@ def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 class RandomCrop:
     """Window starts drawn uniformly per window (anywhere in the clip) instead of at fixed hops."""
 
-    def window_starts(self, spec: WindowSpec, batch: int, length: int,
+    def window_starts(self, window: WindowSpec, batch: int, length: int,
                       generator: torch.Generator | None) -> torch.Tensor:
-        """(B, W) start offsets on the CPU, each in [0, length - window]."""
-        return torch.randint(0, length - spec.window + 1, (batch, spec.count), generator=generator)
+        """(B, W) start offsets on the CPU, each in [0, length - window.window]."""
+        return torch.randint(0, length - window.window + 1, (batch, window.count), generator=generator)
 
-    def __call__(self, windows: torch.Tensor, spec: WindowSpec, generator) -> torch.Tensor:
-        return windows   # the crop happened when the windows were cut
+    def __call__(self, windows, window, generator):
+        raise TypeError("RandomCrop chooses where the windows are cut: pass it as crop=, not among the "
+                        "window transforms")
 
     def __repr__(self) -> str:
         return "RandomCrop()"
@@ -60,8 +70,8 @@ class NormalizeTracks:
     def __init__(self, eps: float = 1e-5):
         self.eps = eps
 
-    def __call__(self, windows: torch.Tensor, spec: WindowSpec, generator) -> torch.Tensor:
-        return normalize_tracks(windows, spec.count, self.eps)
+    def __call__(self, windows: torch.Tensor, window: WindowSpec, generator) -> torch.Tensor:
+        return normalize_tracks(windows, window.count, self.eps)
 
     def __repr__(self) -> str:
         return f"NormalizeTracks(eps={self.eps:g})"
@@ -75,9 +85,9 @@ def normalize_tracks(windows: torch.Tensor, count: int, eps: float = 1e-5) -> to
     return ((per_track - mean) / (std + eps)).reshape(windows.shape)
 
 
-def per_track(windows: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+def per_track(windows: torch.Tensor, window: WindowSpec) -> torch.Tensor:
     """(B*W, L) windows as (B, W, L): track b's windows are rows b*W .. b*W + W - 1."""
-    return windows.reshape(-1, spec.count, windows.shape[-1])
+    return windows.reshape(-1, window.count, windows.shape[-1])
 
 
 class RandomGain:
@@ -88,8 +98,8 @@ class RandomGain:
             raise ValueError(f"RandomGain: db must be a positive number, got {db!r}")
         self.db = float(db)
 
-    def __call__(self, windows: torch.Tensor, spec: WindowSpec, generator) -> torch.Tensor:
-        tracks = per_track(windows, spec)
+    def __call__(self, windows: torch.Tensor, window: WindowSpec, generator) -> torch.Tensor:
+        tracks = per_track(windows, window)
         gain_db = (torch.rand(tracks.shape[0], generator=generator) * 2 - 1) * self.db
         gain = to_device(torch.pow(10.0, gain_db / 20), windows.device)
         return tracks.mul_(gain.view(-1, 1, 1)).reshape(windows.shape)
@@ -106,8 +116,8 @@ class RandomPolarity:
             raise ValueError(f"RandomPolarity: p must be in [0, 1], got {p!r}")
         self.p = float(p)
 
-    def __call__(self, windows: torch.Tensor, spec: WindowSpec, generator) -> torch.Tensor:
-        tracks = per_track(windows, spec)
+    def __call__(self, windows: torch.Tensor, window: WindowSpec, generator) -> torch.Tensor:
+        tracks = per_track(windows, window)
         flip = torch.rand(tracks.shape[0], generator=generator) < self.p
         return tracks.mul_(to_device(1.0 - 2.0 * flip.float(), windows.device).view(-1, 1, 1)).reshape(windows.shape)
 
@@ -135,57 +145,72 @@ class Mixup:
         lam = np.random.default_rng([generator.initial_seed(), 0xB37A]).beta(self.alpha, self.alpha, size=tracks)
         return partner, torch.from_numpy(np.maximum(lam, 1 - lam)).float()
 
-    def mix_batch(self, windows: torch.Tensor, labels: torch.Tensor, spec: WindowSpec, generator):
+    def mix_batch(self, windows: torch.Tensor, labels: torch.Tensor, window: WindowSpec, generator):
         """(B*W, 1, L) windows and (B*W,) labels -> (mixed windows, MixedLabels)."""
-        tracks = per_track(windows, spec)
+        tracks = per_track(windows, window)
         partner, weight = self.draw(tracks.shape[0], generator)
         partner, weight = to_device(partner, windows.device), to_device(weight, windows.device)
         mixed = tracks.index_select(0, partner).lerp_(tracks, weight.view(-1, 1, 1))   # w * own + (1-w) * partner
-        track_labels = labels.reshape(-1, spec.count)[:, 0]
-        mix = MixedLabels(track_labels[partner].repeat_interleave(spec.count), weight.repeat_interleave(spec.count))
+        track_labels = labels.reshape(-1, window.count)[:, 0]
+        mix = MixedLabels(track_labels[partner].repeat_interleave(window.count), weight.repeat_interleave(window.count))
         return mixed.reshape(windows.shape), mix
 
-    def __call__(self, windows, spec, generator):
-        raise TypeError("Mixup mixes the labels too: give it to DeviceFeeder / DaliLoader (which run it after the "
-                        "other transforms), not to make_windows")
+    def __call__(self, windows, window, generator):
+        raise TypeError("Mixup mixes the labels too: pass it as batch_transforms= (run after the window "
+                        "transforms), not among the window transforms")
 
     def __repr__(self) -> str:
         return f"Mixup(alpha={self.alpha:g})"
 
 
-def split_transforms(transforms) -> tuple[tuple, tuple]:
-    """(the transforms of the windows, the label-mixing one, if any): the device stage runs the second after
-    the first.  ValueError for two label-mixing transforms (the labels can be mixed once)."""
-    transforms = tuple(transforms)
-    mixers = tuple(t for t in transforms if hasattr(t, "mix_batch"))
-    if len(mixers) > 1:
-        raise ValueError(f"at most one label-mixing transform, got {', '.join(map(repr, mixers))}")
-    return tuple(t for t in transforms if not hasattr(t, "mix_batch")), mixers
+@dataclass(frozen=True)
+class DeviceTransforms:
+    """The device transforms of a batch by role (the module docstring): the arguments `crop`,
+    `window_transforms` and `batch_transforms` of `DeviceFeeder` and `DaliLoader`.  ValueError for more than
+    one batch transform (the labels can be mixed once)."""
+    crop: RandomCrop | None = None
+    window_transforms: tuple = ()
+    batch_transforms: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "window_transforms", tuple(self.window_transforms))
+        object.__setattr__(self, "batch_transforms", tuple(self.batch_transforms))
+        if len(self.batch_transforms) > 1:
+            raise ValueError(f"at most one label-mixing transform, got {', '.join(map(repr, self.batch_transforms))}")
+
+    def __bool__(self) -> bool:
+        return self.crop is not None or bool(self.window_transforms or self.batch_transforms)
+
+    def generator(self, seed: int, epoch: int, index: int) -> torch.Generator | None:
+        """The `batch_generator` of batch `index`, or None when there is nothing to draw."""
+        return batch_generator(seed, epoch, index) if self else None
 
 
-def mix_windows(windows: torch.Tensor, labels: torch.Tensor, spec: WindowSpec, generator, mixers=()):
-    """The label-mixing transform of `split_transforms`, if any: (windows, MixedLabels or None)."""
-    for mixer in mixers:
-        return mixer.mix_batch(windows, labels, spec, generator)
-    return windows, None
+def mix_batch(windows: torch.Tensor, labels: torch.Tensor, window: WindowSpec, generator, batch_transforms=()):
+    """The batch transform, if any, on the (B*W, 1, L) windows: (windows, MixedLabels or None)."""
+    mix = None
+    for transform in batch_transforms:
+        windows, mix = transform.mix_batch(windows, labels, window, generator)
+    return windows, mix
 
 
-# name -> (class, its parameter): `name=value`, or `name` alone for the class's default
+# name -> (class, its parameter, its role): `name=value`, or `name` alone for the class's default
 AUGMENTATIONS = {
-    "gain": (RandomGain, "db"),
-    "polarity": (RandomPolarity, "p"),
-    "mixup": (Mixup, "alpha"),
+    "gain": (RandomGain, "db", "window_transforms"),
+    "polarity": (RandomPolarity, "p", "window_transforms"),
+    "mixup": (Mixup, "alpha", "batch_transforms"),
 }
 AUGMENT_SYNTAX = "gain[=DB],polarity[=P],mixup[=ALPHA]"
 
 
-def parse_augment(text: str | None) -> list:
-    """`"gain=6,polarity,mixup=0.2"` -> [RandomGain(db=6), RandomPolarity(p=0.5), Mixup(alpha=0.2)] (in
-    the order of AUGMENTATIONS); "" or "none" -> [].  One-line UserError for an unknown name, a value
+def parse_augment(text: str | None) -> DeviceTransforms:
+    """`"gain=6,polarity,mixup=0.2"` -> DeviceTransforms(window_transforms=(RandomGain(db=6),
+    RandomPolarity(p=0.5)), batch_transforms=(Mixup(alpha=0.2),)): each in its role, in the order of
+    AUGMENTATIONS; "" or "none" -> DeviceTransforms() (none).  One-line UserError for an unknown name, a value
     that is not a number or out of range, or a name given twice."""
     text = (text or "").strip()
     if text.lower() in ("", "none"):
-        return []
+        return DeviceTransforms()
     chosen: dict[str, float | None] = {}
     for item in text.split(","):
         name, equals, value = (part.strip() for part in item.partition("="))
@@ -194,14 +219,14 @@ def parse_augment(text: str | None) -> list:
         if name in chosen:
             raise UserError(f"augment: {name} is given twice in {text!r}")
         chosen[name] = _number(name, value, text) if equals else None
-    out = []
-    for name, (cls, param) in AUGMENTATIONS.items():
+    roles: dict[str, list] = {"window_transforms": [], "batch_transforms": []}
+    for name, (cls, param, role) in AUGMENTATIONS.items():
         if name in chosen:
             try:
-                out.append(cls() if chosen[name] is None else cls(**{param: chosen[name]}))
+                roles[role].append(cls() if chosen[name] is None else cls(**{param: chosen[name]}))
             except ValueError as exc:
                 raise UserError(f"augment: {name}={chosen[name]:g}: {exc}") from None
-    return out
+    return DeviceTransforms(**roles)
 
 
 def _number(name: str, value: str, text: str) -> float:

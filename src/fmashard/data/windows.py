@@ -4,9 +4,9 @@
 
 Defaults follow the original notebook: 5 s windows at 22,050 Hz (110,250 samples), 25 % overlap
 (hop = 110,250 - int(0.25 * 110,250) = 82,688), 7 windows per track.  Augmentations are not part of
-the window spec: they are `transforms` (`fmashard.data.transforms`), passed by training only.  A transform
-with a `window_starts` method (RandomCrop) chooses where the windows are cut; every transform is then
-called, in order, on the float windows (`finish_windows`, which the DALI backend runs too).
+the window spec: they are transforms by role (`fmashard.data.transforms`), passed by training only.  A
+`crop` (RandomCrop) chooses where the windows are cut; the `window_transforms` are then called, in order,
+on the float windows (`finish_windows`, which the DALI backend runs too).
 """
 from __future__ import annotations
 
@@ -53,39 +53,33 @@ def decode(audio: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor
     return _DECODERS.get(audio.dtype, decode_widen)(audio, out)
 
 
-def cropper(transforms):
-    """The transform that chooses where the windows start (one with `window_starts`), or None: fixed hops."""
-    return next((t for t in transforms if hasattr(t, "window_starts")), None)
+def samples_needed(window: WindowSpec, crop=None) -> int:
+    """Samples a clip needs: one window with a `crop`, else `count` windows at fixed hops."""
+    return window.window if crop is not None else window.span()
 
 
-def samples_needed(spec: WindowSpec, transforms=()) -> int:
-    """Samples a clip needs: one window when a transform crops, else `count` windows at fixed hops."""
-    return spec.window if cropper(transforms) is not None else spec.span()
-
-
-def make_windows(audio: torch.Tensor, labels: torch.Tensor, spec: WindowSpec = WindowSpec(),
+def make_windows(audio: torch.Tensor, labels: torch.Tensor, window: WindowSpec = WindowSpec(),
                  generator: torch.Generator | None = None, track_ids: torch.Tensor | None = None,
-                 out: torch.Tensor | None = None, transforms=()):
+                 out: torch.Tensor | None = None, crop=None, window_transforms=()):
     """(B, N) raw audio -> ((B*W, 1, L) float32 windows, (B*W,) labels[, (B*W,) track ids]).
-    `out`: optional contiguous float32 buffer of B*W*L elements for the windows.  `transforms` draw from
-    `generator` (a crop first, when there is one, then the others in order).
+    `out`: optional contiguous float32 buffer of B*W*L elements for the windows.  `crop` (None: fixed hops)
+    chooses the window starts, then the `window_transforms` run in order; both draw from `generator`.
 
     The fixed-hop path converts the strided int16 view straight into the float output (one pass, no
     float copy of the whole clip); random crops gather the chosen windows from a step-1 view."""
     batch, length = audio.shape
-    crop = cropper(transforms)
-    if length < spec.span() and crop is None:
-        raise ValueError(f"clips of {length} samples are shorter than {spec.count} windows need ({spec.span()})")
-    if length < spec.window:
-        raise ValueError(f"clips of {length} samples are shorter than one window ({spec.window})")
+    if length < window.span() and crop is None:
+        raise ValueError(f"clips of {length} samples are shorter than {window.count} windows need ({window.span()})")
+    if length < window.window:
+        raise ValueError(f"clips of {length} samples are shorter than one window ({window.window})")
     if crop is not None:
-        starts = to_device(crop.window_starts(spec, batch, length, generator), audio.device)
-        rows = torch.arange(batch, device=audio.device).repeat_interleave(spec.count)
-        view = audio.unfold(1, spec.window, 1)[rows, starts.reshape(-1)]   # gathers only the windows
+        starts = to_device(crop.window_starts(window, batch, length, generator), audio.device)
+        rows = torch.arange(batch, device=audio.device).repeat_interleave(window.count)
+        view = audio.unfold(1, window.window, 1)[rows, starts.reshape(-1)]   # gathers only the windows
     else:
-        view = audio.unfold(1, spec.window, spec.hop)[:, : spec.count]   # (B, W, L) strided view
-    windows = decode(view, out).reshape(batch * spec.count, spec.window)
-    return finish_windows(windows, labels, spec, generator, track_ids, transforms)
+        view = audio.unfold(1, window.window, window.hop)[:, : window.count]   # (B, W, L) strided view
+    windows = decode(view, out).reshape(batch * window.count, window.window)
+    return finish_windows(windows, labels, window, generator, track_ids, window_transforms)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -99,14 +93,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def finish_windows(windows: torch.Tensor, labels: torch.Tensor, spec: WindowSpec,
+def finish_windows(windows: torch.Tensor, labels: torch.Tensor, window: WindowSpec,
                    generator: torch.Generator | None = None, track_ids: torch.Tensor | None = None,
-                   transforms=()):
-    """(B*W, L) float32 windows -> the transforms applied in order -> (B*W, 1, L), with labels (and track
+                   window_transforms=()):
+    """(B*W, L) float32 windows -> the window transforms applied in order -> (B*W, 1, L), with labels (and track
     ids) repeated W times.  The one post-processing of the torch path and the DALI backend."""
-    for transform in transforms:
-        windows = transform(windows, spec, generator)
-    out = (windows.unsqueeze(1), labels.repeat_interleave(spec.count))
+    for transform in window_transforms:
+        windows = transform(windows, window, generator)
+    out = (windows.unsqueeze(1), labels.repeat_interleave(window.count))
     if track_ids is not None:
-        out = out + (track_ids.repeat_interleave(spec.count),)
+        out = out + (track_ids.repeat_interleave(window.count),)
     return out

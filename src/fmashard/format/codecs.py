@@ -2,7 +2,9 @@
 
 A codec names the audio member's extension, the stored dtype (little-endian) and its bytes per
 sample, the numpy `encode` the build applies to a float32 clip in [-1, 1], and the torch `decode` the
-device stage applies to a raw batch (stored values -> float32).  Every reader, writer and check looks
+device stage applies to a raw batch (stored values -> float32).  An integer codec says how it decodes,
+by a `scale` (pcm16: `* 1/32768`) or a `table`, so that a backend that cannot call torch (DALI) decodes
+it alike, and a new integer codec without either is refused at once.  Every reader, writer and check looks
 a codec up here; nothing else lists codecs.  A codec decoded by a table (`mulaw8`) also names its
 `table` (stored value -> float32), so a backend that cannot call torch (DALI) does the same lookup.
 
@@ -48,10 +50,13 @@ class Codec:
     in_shards: bool = True                      # False: stored only by `--layout files`
     table: np.ndarray | None = field(default=None, compare=False, repr=False)   # decode by lookup: float32
                                                 #   value of every stored value (uint8 codecs: 256 entries)
+    scale: float | None = None                  # decode by a cast and `* scale` (pcm16: 1/32768); None: a cast
     bytes_per_sample: int = field(init=False)
 
     def __post_init__(self):
         object.__setattr__(self, "bytes_per_sample", np.dtype(self.dtype).itemsize)
+        if np.dtype(self.dtype).kind in "iu" and (self.table is None) == (self.scale is None):
+            raise ValueError(f"codec {self.name}: an integer codec decodes by a scale or by a table (one of them)")
 
     @property
     def torch_dtype(self):
@@ -73,10 +78,13 @@ def _encode_f32(clip: np.ndarray) -> bytes:
     return clip.astype("<f4").tobytes()
 
 
-def _decode_pcm16(audio, out):
-    """A converting copy, then an in-place scale: both vectorised kernels, where one mixed-dtype `mul`
-    is not (on this CPU the two passes are 1.4-2x faster than one)."""
-    return out.view(audio.shape).copy_(audio).mul_(PCM16_SCALE)
+def scale_decoder(scale: float) -> Callable:
+    """A codec's `decode` by a converting copy, then an in-place scale: both vectorised kernels, where one
+    mixed-dtype `mul` is not (on this CPU the two passes are 1.4-2x faster than one)."""
+    def decode(audio, out):
+        return out.view(audio.shape).copy_(audio).mul_(scale)
+
+    return decode
 
 
 def decode_widen(audio, out):
@@ -128,7 +136,7 @@ _MULAW8_TABLE.setflags(write=False)   # one table for the build, the torch decod
 
 
 CODECS: dict[str, Codec] = {codec.name: codec for codec in (
-    Codec("pcm16", "pcm", "int16", _encode_pcm16, _decode_pcm16),
+    Codec("pcm16", "pcm", "int16", _encode_pcm16, scale_decoder(PCM16_SCALE), scale=PCM16_SCALE),
     Codec("f16", "f16", "float16", _encode_f16, decode_widen),
     Codec("mulaw8", "mulaw8", "uint8", _encode_mulaw8, lookup_decoder(_MULAW8_TABLE), table=_MULAW8_TABLE),
     Codec("float32", "pt", "float32", _encode_f32, decode_widen, in_shards=False),

@@ -1,6 +1,6 @@
 """`manifest.json`: the one reader (format and format_version checked, every listed path confined to
 the manifest's folder) and the writer's serialisation.  The schema is in ARCHITECTURE.md ("Shard
-format"); `shard_tools.manifest.make_manifest` assembles a build's manifest.
+format"); `shard_tools.build_manifest.make_manifest` assembles a build's manifest.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmashard.data.transforms import NormalizeTracks, RandomCrop
+from fmashard.data.transforms import DeviceTransforms, NormalizeTracks, RandomCrop
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.storage.atomic import atomic_write
@@ -104,11 +104,11 @@ def set_rng_state(state: dict) -> None:
 AUGMENTATION_KEYS = ("random_crop", "normalize")   # what the "window" entry also records of the transforms
 
 
-def window_record(window: WindowSpec, transforms=()) -> dict:
+def window_record(window: WindowSpec, transforms: DeviceTransforms = DeviceTransforms()) -> dict:
     """The "window" entry of checkpoints and config.json: the window geometry, and which of the
     transforms trained on it (the keys a window had when augmentations were flags, kept for old readers)."""
-    return {**asdict(window), "random_crop": any(isinstance(t, RandomCrop) for t in transforms),
-            "normalize": any(isinstance(t, NormalizeTracks) for t in transforms)}
+    return {**asdict(window), "random_crop": isinstance(transforms.crop, RandomCrop),
+            "normalize": any(isinstance(t, NormalizeTracks) for t in transforms.window_transforms)}
 
 
 def window_of(record: dict) -> WindowSpec:

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fmashard import storage
 from fmashard.data.device import DeviceFeeder
-from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.loader import ShardLoader
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.train.checkpoint import load_checkpoint, window_of
+from fmashard.train.config import EvaluateConfig
 from fmashard.train.distributed import all_reduce_sum, init_distributed
 from fmashard.train.guard import non_finite_tensors
 from fmashard.train.metrics import EvalMetrics, MetricTotals, fmt
@@ -82,29 +82,6 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: ShardLoader, device: t
 
 # ------------------------------------------------------------------------------------- from a checkpoint
 @dataclass(frozen=True)
-class EvaluateConfig:
-    checkpoint: str
-    shards: str
-    split: str = "test"
-    out: str | None = None          # default: the checkpoint's folder
-    batch_size: int = 8             # tracks per forward pass
-    device: str = "auto"
-    workers: int = 0
-    amp: bool | None = None         # None: as the checkpoint was trained
-    on_error: str = "raise"
-    check_crc: bool = False         # check each sample's audio against the build's crc32 (LoaderConfig)
-    endpoint_url: str | None = None
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise UserError(f"batch_size: must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise UserError(f"workers: must be >= 0, got {self.workers}")
-        if self.on_error not in ("raise", "skip"):
-            raise UserError(f"on_error: must be raise or skip, got {self.on_error!r}")
-
-
-@dataclass(frozen=True)
 class EvalReport:
     metrics: EvalMetrics
     split: str
@@ -126,7 +103,7 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
     from fmashard.data.features import make_features  # noqa: PLC0415
     from fmashard.models import build_model, model_features  # noqa: PLC0415 - keeps the import light
 
-    storage.set_endpoint_url(config.endpoint_url)
+    config.connect()
     state = load_checkpoint(config.checkpoint, required=("model_name", "model", "vocabulary", "window"))
     bad = non_finite_tensors(state["model"]) if isinstance(state["model"], dict) else []
     if bad:
@@ -156,9 +133,7 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
         trained = state.get("config") or {}
         amp = trained.get("amp", False) if config.amp is None else config.amp
         ctx, _ = autocast_context(dist.device, amp, trained.get("amp_dtype", "auto"))
-        loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                                num_workers=config.workers, on_error=config.on_error,
-                                                check_crc=config.check_crc))
+        loader = ShardLoader(spec, config.loader_config(config.batch_size, equal_ranks=False))
         loader.label = f"{config.split} split"
         check_memory(spec, loader.config, dist.world_size)
         features = make_features(model_features(state["model_name"]), spec.sample_rate)

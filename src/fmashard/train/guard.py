@@ -33,9 +33,10 @@ import math
 import torch
 
 from fmashard.errors import UserError
+from fmashard.train.options import NONFINITE_LIMIT
 
-NONFINITE_LIMIT = 10   # consecutive skipped steps before training stops (fp16's GradScaler halves its scale on
-                       # each: 10 in a row is a scale 1024 times smaller, far past its usual few at the start)
+# NONFINITE_LIMIT: consecutive skipped steps before training stops (fp16's GradScaler halves its scale on each:
+# 10 in a row is a scale 1024 times smaller, far past its usual few at the start); TrainConfig's default.
 DIVERGED = 1000         # a loss above DIVERGED x ln(classes) (chance: ln(classes)) is a diverged step, skipped
 REMEDIES = ("a lower --lr, fp32 (no --amp), --amp-dtype bf16 instead of fp16, or --check-crc to rule out "
             "corrupt audio")

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import torch
 
-from fmashard import storage
 from fmashard.data.device import DeviceFeeder
 from fmashard.data.features import make_features
-from fmashard.data.loader import LoaderConfig, ShardLoader
+from fmashard.data.loader import ShardLoader
 from fmashard.data.targets import soft_cross_entropy
 from fmashard.errors import UserError
 from fmashard.models import build_model, count_parameters
@@ -84,7 +83,7 @@ def train(config: TrainConfig, on_step=None) -> TrainResult:
     """Train `config.model` on `config.shards`; records and checkpoints go to `config.out`.
     `on_step(step, epoch)` is called after every optimizer step (an exception from it stops the run as a
     crash would)."""
-    storage.set_endpoint_url(config.endpoint_url)
+    config.connect()
     dist = init_distributed(config.device)
     try:
         return _train(config, dist, on_step)
@@ -123,20 +122,14 @@ def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     spec = labelled_split(config.shards, "training")
     val_spec = validation_split(config.shards, spec, announce=dist.is_main)   # a build without one: empty
     window, transforms = config.window_spec(spec.sample_rate), config.transforms()
-    check_clip_length(spec, window, transforms)
+    check_clip_length(spec, window, transforms.crop)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
     # train): drop incomplete batches then (other tracks fill them in the next epoch's shuffle).
-    loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                                            shuffle_buffer=config.shuffle_buffer, num_workers=config.workers,
-                                            equal_ranks=True, drop_last=config.windows == 1,
-                                            on_error=config.on_error, read_threads=config.read_threads,
-                                            check_crc=config.check_crc))
-    val_loader = ShardLoader(val_spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                                    num_workers=config.workers, on_error=config.on_error,
-                                                    check_crc=config.check_crc,
-                                                    read_threads=config.read_threads))
-    bn_loader = ShardLoader(spec, LoaderConfig(batch_size=config.batch_size, shuffle=False, equal_ranks=False,
-                                               on_error=config.on_error, check_crc=config.check_crc))
+    loader = ShardLoader(spec, config.loader_config(config.batch_size, shuffle=True, seed=config.seed,
+                                                    shuffle_buffer=config.shuffle_buffer, equal_ranks=True,
+                                                    drop_last=config.windows == 1))
+    val_loader = ShardLoader(val_spec, config.loader_config(config.batch_size, equal_ranks=False))
+    bn_loader = ShardLoader(spec, config.loader_config(config.batch_size, equal_ranks=False))
     check_before_writing(config, loader, window, dist.device, dist.world_size)
     run_dir = Path(config.out)
     resumed = prepare_run_dir(config, run_dir, tuple(spec.vocabulary), dist.is_main)
@@ -229,8 +222,10 @@ def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
     started = time.perf_counter()
     track_ids = deque() if config.log_batches else None
     host_batches = with_track_ids(loader, track_ids) if track_ids is not None else loader
+    roles = run.transforms
     feeder = DeviceFeeder(host_batches, device, run.window, seed=config.seed + run.dist.rank, epoch=state.epoch,
-                          start_index=state.batches_done, transforms=run.transforms, features=run.features)
+                          start_index=state.batches_done, crop=roles.crop, window_transforms=roles.window_transforms,
+                          batch_transforms=roles.batch_transforms, features=run.features)
     run.progress.start_epoch(state.epoch, config.epochs, num_batches, state.batches_done)
     interrupted = False
     for batch in feeder:

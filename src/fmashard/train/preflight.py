@@ -3,7 +3,7 @@ shard or writes a file.
 
     labelled_split(source, split)       the split, from a manifest with a genre vocabulary
     validation_split(source, training)  the validation split, or none (with a note) when the build has none
-    check_clip_length(spec, window)     the clips are long enough for the windows (and the transforms)
+    check_clip_length(spec, window)     the clips are long enough for the windows (and the crop)
     writable_folder(path, "--out")      the folder exists or can be created, and files can be created in it
     check_memory(spec, loader_config)   the loader's batch buffers fit in the memory available now
     check_before_writing(config, ...)   all of a training run's checks, before RUN_DIR is touched
@@ -43,8 +43,8 @@ def validation_split(source: str, training, announce: bool = True):
         return replace(training, shards=(), split="validation")
 
 
-def check_clip_length(spec, window: WindowSpec, transforms=()) -> None:
-    need = samples_needed(window, transforms)
+def check_clip_length(spec, window: WindowSpec, crop=None) -> None:
+    need = samples_needed(window, crop)
     if spec.clip_samples < need:
         raise UserError(f"clips of {spec.clip_samples / spec.sample_rate:g} s ({spec.clip_samples} samples) are "
                         f"shorter than {window.count} windows of {window.window} samples with overlap "
@@ -86,8 +86,7 @@ def loader_bytes(spec, cfg, world: int = 1) -> int:
     workers = max(1, cfg.num_workers)
     per_worker = _ceil(_ceil(spec.num_samples, world), workers)
     rows = max(1, min(cfg.batch_size, per_worker))
-    pending = max(1, cfg.shuffle_buffer // cfg.batch_size) if cfg.shuffle else 1
-    pending = min(pending, max(1, _ceil(per_worker, cfg.batch_size)))
+    pending = min(cfg.pending_buffers, max(1, _ceil(per_worker, cfg.batch_size)))
     queued = cfg.prefetch + 2 + 2 * cfg.num_workers   # read ahead / DataLoader prefetch, staged, in use
     return (workers * pending + queued) * rows * row_bytes(spec)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from fmashard.data.loader import ShardLoader
+from fmashard.data.transforms import DeviceTransforms
 from fmashard.data.windows import WindowSpec
 from fmashard.format.spec import DatasetSpec
 from fmashard.train.config import TrainConfig
@@ -58,7 +59,7 @@ class Run:
     run_dir: Path
     spec: DatasetSpec
     window: WindowSpec
-    transforms: list             # the device transforms of training batches (validation: none)
+    transforms: DeviceTransforms  # the device transforms of training batches, by role (validation: none)
     features: torch.nn.Module    # what the model takes, from the windows (fmashard.data.features), every split
     loader: ShardLoader          # training batches, shuffled
     val_loader: ShardLoader      # validation batches, in order

@@ -1,11 +1,9 @@
-"""A build's `manifest.json`, assembled from the shard records (the schema, its reader and its
-serialisation live in `fmashard.format.manifest`), and read back for `verify`."""
+"""The writer's half of a build's `manifest.json`: `make_manifest` assembles it from the shard records (the
+schema, its reader and its serialisation live in `fmashard.format.manifest`; `verify` reads it back with
+`shard_tools.verify.read_build_manifest`)."""
 from __future__ import annotations
 
-from fmashard import storage
-from fmashard.errors import NotFoundError, UserError
-from fmashard.format.manifest import FORMAT_VERSION, MANIFEST_FORMAT, load_manifest, manifest_url
-from shard_tools.build_output import BUILD_FILE
+from fmashard.format.manifest import FORMAT_VERSION, MANIFEST_FORMAT
 
 
 def make_manifest(config, selection, records: list[dict]) -> dict:
@@ -57,36 +55,3 @@ def make_manifest(config, selection, records: list[dict]) -> dict:
         },
         "skipped": skipped,
     }
-
-
-class ManifestProblem(UserError):
-    """The folder is (or was meant to be) a build, but its manifest is missing, unreadable or of an unknown
-    format: `verify` reports it as a problem with the build (exit 1), not as a usage error."""
-
-
-def read_build_manifest(out: str) -> tuple[str, dict]:
-    """(manifest URL, manifest) for a build folder/prefix or a manifest.json URL.  UserError for a path
-    that is not there or not a folder; ManifestProblem for a build folder without a usable manifest.
-    The paths it lists are not checked here: `verify` reports each one outside the folder."""
-    out = storage.check_scheme(str(out))
-    url = manifest_url(out)
-    path = storage.local_path(out)
-    if path is not None:
-        if path.is_file() and not out.endswith(".json"):
-            raise UserError(f"{out}: a file, not a build folder (pass the folder `fmashard build --out` wrote, "
-                            "or its manifest.json)")
-        if not (path if not out.endswith(".json") else path.parent).is_dir():
-            raise UserError(f"{out}: no such build folder or manifest")
-    try:
-        return url, load_manifest(url, invalid=ManifestProblem, check_paths=False)
-    except NotFoundError:
-        raise _no_manifest(out, url) from None
-
-
-def _no_manifest(out: str, url: str) -> UserError:
-    if storage.exists(storage.join_url(storage.parent_url(url), BUILD_FILE)):
-        return ManifestProblem(f"{out}: incomplete build: no manifest.json yet (the build was interrupted or "
-                               "failed); re-run the same `fmashard build` command to finish it")
-    if storage.is_remote(url):  # no listing: a prefix with nothing of ours may not exist at all
-        return UserError(f"{url}: no manifest here (was `fmashard build` run into this prefix?)")
-    return ManifestProblem(f"{url}: no manifest here (was `fmashard build` run into this folder?)")
