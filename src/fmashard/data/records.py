@@ -17,6 +17,8 @@ import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from fmashard import storage
 from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
@@ -54,17 +56,23 @@ class LocalShard:
         for pre, slot in zip(pres, slots):
             iov += [pre, slot, self.pad] if len(self.pad) else [pre, slot]
         got = os.preadv(self.fd, iov, first * self.rb)
-        out = []
-        for i, (pre, slot) in enumerate(zip(pres, slots)):
-            head = None
-            if got >= (i + 1) * self.rb - len(self.pad):
-                head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix)
-            try:
-                sample = Sample(head[0], head[1], True) if head else self.read(first + i, slot)
-            except DataError as exc:
-                sample = exc
-            out.append(check_audio(sample, slot, self.url, self.crcs, first + i))
-        return out
+        return [self.sample(first + i, pre, slot, got >= (i + 1) * self.rb - len(self.pad))
+                for i, (pre, slot) in enumerate(zip(pres, slots))]
+
+    def read_one(self, index: int, pre, slot) -> Sample | DataError:
+        """Record `index` by one preadv (its headers into `pre`, reused scratch): `read_many` of one."""
+        iov = [pre, slot, self.pad] if len(self.pad) else [pre, slot]
+        return self.sample(index, pre, slot, os.preadv(self.fd, iov, index * self.rb) >= self.rb - len(self.pad))
+
+    def sample(self, index: int, pre, slot, complete: bool) -> Sample | DataError:
+        """The result of a record whose preamble and audio were read into `pre` and `slot` (`complete`:
+        all its bytes came); a record the fast parse does not recognise is read again on its own."""
+        head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix) if complete else None
+        try:
+            sample = Sample(head[0], head[1], True) if head else self.read(index, slot)
+        except DataError as exc:
+            sample = exc
+        return check_audio(sample, slot, self.url, self.crcs, index)
 
     def read_general(self, index: int, slot) -> Sample:
         """Any other record: the general parser over its bytes, which names what is wrong."""
@@ -79,6 +87,58 @@ class LocalShard:
 
     def close(self) -> None:
         self.file.close()
+
+
+class LocalShards:
+    """The local shards a worker's batches are read from, batch by batch (`read_records`): where each
+    ordinal's record is, each shard opened when first needed and closed once its last record is read.
+    `ordinals`: every ordinal still to be read (the batches' members, any order)."""
+
+    def __init__(self, segments, ordinals: np.ndarray, record_bytes: int, sample_bytes: int, audio_ext: str,
+                 crcs: dict):
+        starts = np.cumsum([0] + [seg.count for seg in segments])
+        firsts = np.array([seg.first for seg in segments], dtype=np.int64)
+        ordinal = np.arange(starts[-1])
+        self.segment_of = np.searchsorted(starts, ordinal, side="right") - 1
+        self.index_of = ordinal - starts[self.segment_of] + firsts[self.segment_of]   # record within its shard
+        self.left = np.bincount(self.segment_of[ordinals], minlength=len(segments)).tolist()
+        self.segments, self.args, self.crcs, self.files = segments, (record_bytes, sample_bytes, audio_ext), crcs, {}
+
+    def shard(self, ordinal: int, policy) -> LocalShard | None:
+        """The open shard of an ordinal.  One that cannot be opened raises its StorageError (on_error
+        raise), else costs its records still to read, counted once, and is None from then on."""
+        k = int(self.segment_of[ordinal])
+        if k not in self.files:
+            url = self.segments[k].url
+            try:
+                self.files[k] = LocalShard(url, *self.args, self.crcs.get(url))
+            except StorageError as exc:
+                if policy.mode == "raise":
+                    raise
+                self.files[k], lost, self.left[k] = None, self.left[k], 0
+                policy.handle(DataError(url, None, str(exc)), lost=lost)
+        return self.files[k]
+
+    def done(self, ordinals) -> None:
+        """These records are read: close a shard once its last one is."""
+        for k in self.segment_of[ordinals].tolist():
+            self.left[k] -= 1
+            if not self.left[k] and self.files.get(k) is not None:
+                self.files.pop(k).close()
+
+    def close(self) -> None:
+        for shard in self.files.values():
+            if shard is not None:
+                shard.close()
+        self.files.clear()
+
+    @staticmethod
+    def read(shards: list, indices: list[int], slots: list) -> list:
+        """A read-thread job: records anywhere in local shards (a batch's, in slot order), one `preadv`
+        each; a Sample or the DataError of each, None where the shard could not be opened (counted)."""
+        pre = bytearray(PREAMBLE)
+        return [shard.read_one(index, pre, slot) if shard is not None else None
+                for shard, index, slot in zip(shards, indices, slots)]
 
 
 def check_audio(sample, slot, url: str, crcs, index: int):

@@ -13,7 +13,7 @@ import numpy as np
 
 from fmashard.errors import CorruptSampleError, DataError, TruncatedShardError
 from fmashard.format.codecs import SHARD_CODECS, get_codec, shard_codec_for_ext
-from fmashard.format.tar import BLOCK, PREAMBLE, Header, is_fixed_layout, padded, parse_header
+from fmashard.format.tar import BLOCK, PREAMBLE, Header, is_fixed_layout, member_header, padded, parse_header
 
 
 @dataclass
@@ -172,6 +172,56 @@ def parse_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, i
     except (UnicodeDecodeError, ValueError):
         return None
     return key.decode("utf-8", "replace"), label
+
+
+def parse_preambles(pres: np.ndarray, sample_bytes: int, suffix: bytes) -> list:
+    """`parse_preamble` of each row of `pres` ((n, PREAMBLE) uint8), checking the headers of all rows
+    at once: rows whose three headers are byte for byte what fmashard's writer emits (`member_header`)
+    but for the names, the .cls/.json sizes and correct checksums are parsed from their names and label
+    only; any other row goes through `parse_preamble`.  Per-record Python runs after a 1.3 MB copy, with
+    the CPU caches cold: 7 us a record warm, ~20 us there (issue 27)."""
+    heads = pres.reshape(len(pres), 5, BLOCK)[:, ::2].astype(np.int64)
+    template, fixed = _writer_template(sample_bytes)
+    ok = ((heads == template) | ~fixed).all(axis=(1, 2))
+    total = heads.sum(2) - heads[:, :, 148:156].sum(2) + 256
+    ok &= (heads[:, :, 148:154] == 48 + ((total[..., None] >> _CHKSUM_SHIFTS) & 7)).all(axis=(1, 2))
+    digits = heads[:, :2, 124:135] - 48
+    ok &= ((digits >= 0) & (digits < 8)).all(axis=(1, 2))
+    sizes = (digits << _SIZE_SHIFTS).sum(2)
+    ok &= (sizes <= BLOCK).all(axis=1)
+    return [_names_and_label(row, int(size), suffix) if good else parse_preamble(row.tobytes(), sample_bytes, suffix)
+            for row, good, size in zip(pres, ok.tolist(), sizes[:, 0].tolist())]
+
+
+_CHKSUM_SHIFTS = np.arange(15, -1, -3)        # "%06o\0 ": six octal digits, a NUL, a space
+_SIZE_SHIFTS = np.arange(30, -1, -3)          # "%011o\0"
+_templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _writer_template(sample_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The writer's three headers ((3, 512)) and which bytes never vary: all but the names, the
+    checksum digits and the .cls/.json sizes."""
+    if sample_bytes not in _templates:
+        heads = [member_header("", 0), member_header("", 0), member_header("", sample_bytes)]
+        template = np.frombuffer(b"".join(heads), np.uint8).reshape(3, BLOCK).astype(np.int64)
+        fixed = np.ones((3, BLOCK), bool)
+        fixed[:, :100] = fixed[:, 148:154] = fixed[:2, 124:135] = False
+        _templates[sample_bytes] = template, fixed
+    return _templates[sample_bytes]
+
+
+def _names_and_label(row: np.ndarray, cls_size: int, suffix: bytes) -> tuple[str, int] | None:
+    """(key, label) of a preamble whose headers are the writer's (parse_preambles), None if its names
+    or label are not an fmashard record's."""
+    raw = row.tobytes()
+    names = [raw[at:at + 100].split(b"\0", 1)[0] for at in _HEADERS]
+    key = names[0][:-4]
+    if names != [key + b".cls", key + b".json", key + suffix] or b"." in key.rsplit(b"/", 1)[-1]:
+        return None
+    try:
+        return key.decode("utf-8", "replace"), int(raw[BLOCK:BLOCK + cls_size].decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 class _Prefixed:
