@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("loader_bench", "loader_memory", "build_throughput", "train_throughput", "s3_throughput", "codec_compare",
-           "long_tracks", "codec_fidelity", "header_probe", "recipe")
+           "long_tracks", "codec_fidelity", "header_probe", "cpu_bf16", "recipe")
 NEEDS_WEED = ("s3_throughput", "header_probe")
 
 

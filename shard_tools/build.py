@@ -14,10 +14,10 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmashard.errors import UserError
+from fmashard.errors import UserError, log
 from fmashard.format.manifest import MANIFEST_NAME, dump_manifest
 from shard_tools.build_config import BuildConfig, ConfigError, parse_size  # noqa: F401 - re-exported
 from shard_tools.build_output import BuildOutput, Journal, start_build
@@ -25,6 +25,7 @@ from shard_tools.build_plan import plan_shards, probe_clips
 from shard_tools.engines import ENGINES
 from shard_tools.manifest import make_manifest
 from shard_tools.shard_task import ShardTask, shown_path, track_task  # noqa: F401 - re-exported
+from shard_tools.splits import check_training, lost_splits, split_warnings
 
 
 @dataclass
@@ -40,6 +41,7 @@ class BuildReport:
     seconds: float
     workers: int
     clips_written: int | None = None   # records, when tracks were cut into several clips
+    splits: dict[str, tuple[int, int]] = field(default_factory=dict)   # split -> (tracks, clips) written
 
     @property
     def tracks_per_second(self) -> float:
@@ -51,12 +53,24 @@ class BuildReport:
         clips = f" ({self.clips_written} clips)" if self.clips_written not in (None, self.tracks_written) else ""
         return (f"{self.out}: {self.tracks_written} tracks written{clips}, {self.tracks_skipped} skipped, "
                 f"{self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s, {self.tracks_per_second:.1f} tracks/s "
-                f"({self.tracks_decoded} decoded, {self.workers} worker{'s' if self.workers != 1 else ''}{kept})")
+                f"({self.tracks_decoded} decoded, {self.workers} worker{'s' if self.workers != 1 else ''}{kept})"
+                + (f"\n  {self.split_summary()}" if self.splits else ""))
+
+    def split_summary(self) -> str:
+        """`training 12 tracks (80 clips), validation 2 tracks (10 clips), test 1 track (8 clips)`."""
+        def counts(tracks: int, clips: int) -> str:
+            shown = f"{tracks} track{'s' if tracks != 1 else ''}"
+            return shown + (f" ({clips} clip{'s' if clips != 1 else ''})" if self.clips_written not in
+                            (None, self.tracks_written) else "")
+        return ", ".join(f"{split} {counts(*written)}" for split, written in self.splits.items())
 
 
 def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
     started = time.perf_counter()
     selection = load_build_selection(config)
+    source = config.corpus or str(Path(config.fma_dir) / "fma_metadata" / "tracks.csv")
+    check_training(selection, source)
+    warn(split_warnings(selection, source, config.split_ratios))
     out = BuildOutput(config.out)
     try:
         journal = Journal(out, start_build(out, config.identity(), config.overwrite))
@@ -83,11 +97,19 @@ def build_shards(config: BuildConfig, progress: bool = False) -> BuildReport:
         raise UserError(f"{config.out}: cannot write the build ({exc.strerror or exc}{where})") from None
     finally:
         out.close()
+    warn(lost_splits(selection, manifest["splits"], config.out))
     totals = manifest["totals"]
     return BuildReport(config.out, config.layout, totals["tracks_written"], totals["tracks_skipped"],
                        sum(len(p.tracks) for p in todo),
                        len(todo), len(plans) - len(todo), totals["bytes"], time.perf_counter() - started,
-                       config.workers, totals["clips_written"])
+                       config.workers, totals["clips_written"],
+                       {name: (s["num_tracks"], s["num_samples"]) for name, s in manifest["splits"].items()})
+
+
+def warn(lines: list[str]) -> None:
+    """The build's warnings: one line each on stderr (the `fmashard` logger)."""
+    for line in lines:
+        log.warning("warning: %s", line)
 
 
 def load_build_selection(config: BuildConfig):

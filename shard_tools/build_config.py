@@ -13,6 +13,7 @@ from fmashard.format.tar import END_OF_ARCHIVE, record_bytes
 from shard_tools.audio import ClipSettings
 from shard_tools.corpus import parse_ratios
 from shard_tools.selection import BUILD_SUBSETS
+from shard_tools.splits import SPLIT_RULE
 
 LAYOUTS = ("shards", "files")
 LONG_TRACKS = ("first", "all")
@@ -151,5 +152,7 @@ class BuildConfig(StoredAudio):
             with open(self.corpus, "rb") as f:
                 fields["corpus_sha256"] = hashlib.sha256(f.read()).hexdigest()
         fields["split_ratios"] = list(self.split_ratios)
+        if self.corpus:   # splits made under another rule (an older fmashard) are another build
+            fields["split_rule"] = SPLIT_RULE
         fields["clip_seconds"], fields["min_seconds"] = float(self.clip_seconds), float(self.min_seconds)
         return fields

@@ -6,15 +6,14 @@ Table columns: `path` (relative to the table's folder, absolute, or a URL fmasha
 ImageFolder); hidden files and folders and files that are not audio are ignored.
 
 Track ids, when not given, are the positions of the paths in sorted order (the same inputs always give
-the same ids).  Labels are indices into the sorted class names.  Splits, when not given, come from a hash
-of the `group` (else of the path): sha256 of the text, its first 8 bytes as a fraction of 2**64, cut at
-the cumulative `--split-ratios`.  So a group never crosses splits, adding a track never moves another,
-and the split of a track depends on nothing else (not the seed, not the other rows).
+the same ids).  Labels are indices into the sorted class names.  Splits, when not given, come from the
+`group` (else the path) by `shard_tools.splits.assign_splits`: a group never crosses splits, every split
+with a share gets a group when there are enough, and the assignment depends on the groups and the ratios
+alone (not the seed, not the order of the rows).
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from fmashard.errors import UserError
 from shard_tools.selection import SPLITS, Selection, TrackRef
+from shard_tools.splits import assign_splits, check_training, hash_split  # noqa: F401 - hash_split re-exported
 
 AUDIO_EXTS = frozenset(".mp3 .ogg .oga .opus .flac .wav .wave .au .snd .aif .aiff .aifc .w64 .caf".split())
 TABLE_KINDS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -52,13 +52,6 @@ def parse_ratios(text: str | tuple) -> tuple[float, float, float]:
                         f"training > 0, such as 80,10,10; got {text!r}")
     total = sum(values)
     return tuple(v / total for v in values)
-
-
-def hash_split(key: str, ratios: tuple[float, float, float]) -> str:
-    fraction = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-    if fraction < ratios[0]:
-        return SPLITS[0]
-    return SPLITS[1] if fraction < ratios[0] + ratios[1] else SPLITS[2]
 
 
 # ---------------------------------------------------------------------------- reading a table
@@ -175,17 +168,27 @@ def selection_of(rows: list[Row], source: Path, base: Path, ratios) -> Selection
     _check_unique(source, rows, "path", lambda r: r.path)
     ids = _track_ids(source, rows)
     labels = {name: i for i, name in enumerate(vocabulary)}
+    assigned, rule = assign_splits((_group_key(row) for row in rows if not row.split), ratios)
     tracks: dict[str, list[TrackRef]] = {split: [] for split in SPLITS}
+    groups: dict[str, set] = {split: set() for split in SPLITS}
     for row, track_id in zip(rows, ids):
-        split = row.split or hash_split(row.group or row.path, ratios)
+        split = row.split or assigned[_group_key(row)]
+        groups[split].add(_group_key(row))
         tracks[split].append(TrackRef(track_id, row.label, labels[row.label], split, _resolve(base, row.path),
                                       row.path))
     for refs in tracks.values():
         refs.sort(key=lambda t: t.track_id)
-    if not tracks[SPLITS[0]]:
-        raise UserError(f"{source}: no track in the training split (check the split column or --split-ratios)")
-    split_by = "table" if rows[0].split else "hash(group)" if any(r.group for r in rows) else "hash(path)"
-    return Selection("folder" if source.is_dir() else "table", vocabulary, 0, tracks, split_by=split_by)
+    key = "group" if any(r.group for r in rows) else "path"
+    split_by = "table" if rows[0].split else f"{rule}(hash({key}))" if rule == "rank" else f"hash({key})"
+    selection = Selection("folder" if source.is_dir() else "table", vocabulary, 0, tracks, split_by=split_by,
+                          groups={split: len(keys) for split, keys in groups.items()})
+    check_training(selection, str(source))
+    return selection
+
+
+def _group_key(row: Row) -> str:
+    """What must not cross splits: the row's group, else its path."""
+    return row.group or row.path
 
 
 def _track_ids(source: Path, rows: list[Row]) -> list[int]:

@@ -30,7 +30,8 @@ class Selection:
     vocabulary: list[str]
     excluded_no_genre: int
     tracks: dict[str, list[TrackRef]]
-    split_by: str = "fma"   # where the splits come from: fma, table, hash(group), hash(path)
+    split_by: str = "fma"   # where the splits come from: fma, table, [rank(]hash(group|path)[)] (shard_tools.splits)
+    groups: dict[str, int] | None = None   # groups (tracks without a group column) per split, for hash splits
 
     @property
     def num_tracks(self) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import fmashard  # noqa: F401 - first, before torch runs anything: its oneDNN cap (fmashard.cpu_isa)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_MP3 = REPO_ROOT.parent / "shared" / "fixtures" / "fma_small" / "000" / "000002.mp3"
 
@@ -64,3 +66,36 @@ def s3(tmp_path_factory):
     server = shared_server(tmp_path_factory.getbasetemp())
     yield server
     release_shared_server()
+
+
+def _torch_globals() -> dict:
+    """The process-wide torch settings a test could leave changed for the next one."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "default_dtype": torch.get_default_dtype(),
+            "grad": torch.is_grad_enabled(), "mkldnn": torch.backends.mkldnn.enabled,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "autocast_cpu": torch.is_autocast_enabled("cpu")}
+
+
+@pytest.fixture(autouse=True)
+def torch_globals_unchanged():
+    """No test leaves global torch state changed for the next: checked after every test, and put back."""
+    if "torch" not in sys.modules:   # a test that never imports torch cannot change it
+        yield
+        return
+    before = _torch_globals()
+    yield
+    after = _torch_globals()
+    if after != before:
+        import torch
+
+        torch.set_num_threads(before["threads"])
+        torch.set_default_dtype(before["default_dtype"])
+        torch.set_grad_enabled(before["grad"])
+        torch.backends.mkldnn.enabled = before["mkldnn"]
+        torch.use_deterministic_algorithms(before["deterministic"])
+        torch.set_float32_matmul_precision(before["matmul_precision"])
+        changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        pytest.fail(f"the test changed global torch state (before, after): {changed}")

@@ -1,5 +1,5 @@
 """Corpora besides FMA (shard_tools.corpus): a labelled table and a folder per class build, verify and
-train; hash splits keep groups together and are stable; every bad table is one line."""
+train; splits keep groups together (shard_tools.splits: tests/test_splits.py); every bad table is one line."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +12,7 @@ import soundfile as sf
 
 from shard_tools.build import BuildConfig, build_shards
 from shard_tools.corpus import SPLITS, hash_split, load_corpus, parse_ratios
+from shard_tools.splits import SMALL_CORPUS, assign_splits
 from shard_tools.verify import verify_build
 from tests.conftest import run_fmashard
 
@@ -102,13 +103,15 @@ def test_a_folder_per_class_builds_verifies_and_trains(tmp_path):
     assert run.returncode == 0, run.stderr
     manifest = manifest_of(out)
     assert manifest["vocabulary"] == ["blues", "classical", "rock"]
-    assert manifest["source"] == {"kind": "folder", "split_by": "hash(path)", "split_ratios": [0.5, 0.25, 0.25]}
+    assert manifest["source"] == {"kind": "folder", "split_by": "rank(hash(path))",
+                                  "split_ratios": [0.5, 0.25, 0.25]}
     assert manifest["totals"]["tracks_written"] == 12 and manifest["totals"]["tracks_skipped"] == 0
     selection = load_corpus(root, parse_ratios("50,25,25"))
-    for split in SPLITS:   # the split of each file is its path's hash, nothing else
-        assert all(hash_split(t.shown, (0.5, 0.25, 0.25)) == split for t in selection.tracks[split])
+    assigned, _ = assign_splits([t.shown for refs in selection.tracks.values() for t in refs], (0.5, 0.25, 0.25))
+    for split in SPLITS:   # the split of each file comes from the paths and the ratios, nothing else
+        assert all(assigned[t.shown] == split for t in selection.tracks[split])
     assert verify_build(str(out)).ok
-    assert all(manifest["splits"][s]["num_tracks"] for s in SPLITS)   # the hash of these 12 paths fills each
+    assert [manifest["splits"][s]["num_tracks"] for s in SPLITS] == [6, 3, 3]   # 12 tracks by 50,25,25
     run = run_fmashard("train", "--shards", str(out), "--out", str(tmp_path / "run"), "--model",
                        "soundnet-large", "--epochs", "1", "--batch-size", "2", "--window-seconds", "0.5",
                        "--windows", "2")
@@ -125,26 +128,38 @@ def test_folder_ids_are_sorted_paths_and_other_files_are_ignored(tmp_path):
     assert all(Path(t.path).is_file() and Path(t.path).parent.parent == root for t in tracks)
 
 
-def test_group_splits_keep_each_group_in_one_split_and_are_stable(tmp_path):
-    rows = [{"path": f"a/{i}.wav", "label": f"c{i % 2}", "group": f"artist{i // 4}"} for i in range(400)]
-    table = write_table(tmp_path / "t.csv", rows)
-    first = load_corpus(table, parse_ratios("80,10,10"))
-    group_of = {r["path"]: r["group"] for r in rows}
+def split_of_groups(selection, group_of: dict[str, str]) -> dict[str, set]:
     split_of_group: dict[str, set] = {}
-    for split, refs in first.tracks.items():
+    for split, refs in selection.tracks.items():
         for t in refs:
             split_of_group.setdefault(group_of[t.shown], set()).add(split)
+    return split_of_group
+
+
+def test_group_splits_keep_each_group_in_one_split_and_follow_the_ratios(tmp_path):
+    rows = [{"path": f"a/{i}.wav", "label": f"c{i % 2}", "group": f"artist{i // 4}"} for i in range(400)]
+    first = load_corpus(write_table(tmp_path / "t.csv", rows), parse_ratios("80,10,10"))
+    split_of_group = split_of_groups(first, {r["path"]: r["group"] for r in rows})
     assert len(split_of_group) == 100
     assert all(len(s) == 1 for s in split_of_group.values())
-    counts = [len(first.tracks[s]) for s in SPLITS]
-    assert 260 < counts[0] < 360 and counts[1] > 8 and counts[2] > 8, counts   # 100 groups, 80/10/10 by hash
+    assert [len(first.tracks[s]) for s in SPLITS] == [320, 40, 40]   # 100 groups of 4: 80, 10 and 10 groups
+    assert first.split_by == "rank(hash(group))" and first.groups == {"training": 80, "validation": 10, "test": 10}
+    shuffled = load_corpus(write_table(tmp_path / "r.csv", rows[::-1]), parse_ratios("80,10,10"))
+    assert {t.shown: s for s, refs in shuffled.tracks.items() for t in refs} == \
+        {t.shown: s for s, refs in first.tracks.items() for t in refs}   # the rows' order does not matter
+
+
+def test_large_group_splits_are_stable_when_tracks_are_added(tmp_path):
+    rows = [{"path": f"a/{i}.wav", "label": f"c{i % 2}", "group": f"artist{i}"} for i in range(SMALL_CORPUS)]
+    first = load_corpus(write_table(tmp_path / "t.csv", rows), parse_ratios("80,10,10"))
     assert first.split_by == "hash(group)"
-    # the same inputs give the same splits; adding rows moves no existing track
+    assert all(hash_split(f"artist{t.shown[2:-4]}", (0.8, 0.1, 0.1)) == s for s, refs in first.tracks.items()
+               for t in refs)
     more = write_table(tmp_path / "more.csv", rows + [{"path": "b/x.wav", "label": "c0", "group": "new"}])
     again = load_corpus(more, parse_ratios("80,10,10"))
     old = {t.shown: s for s, refs in first.tracks.items() for t in refs}
     new = {t.shown: s for s, refs in again.tracks.items() for t in refs}
-    assert all(new[path] == split for path, split in old.items())
+    assert all(new[path] == split for path, split in old.items())   # adding a track moves no other
 
 
 @pytest.mark.slow

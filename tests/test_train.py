@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from conftest import run_fmashard
+from fmashard.errors import EmptySplitError, UserError
 from fmashard.models import build_model
 from fmashard.train import ConfigError, TrainConfig, train
 from fmashard.train.checkpoint import load_checkpoint, save_checkpoint
+from fmashard.train.evaluate import EvaluateConfig, evaluate_checkpoint
 from fmashard.train.loop import train_step
 from fmashard.train.precision import autocast_context
 from fmashard.train.run_dir import read_jsonl
@@ -166,6 +168,13 @@ def tiny_shards(tmp_path_factory) -> Path:
     return write_run_shards(tmp_path_factory.mktemp("tiny") / "shards")
 
 
+@pytest.fixture(scope="module")
+def no_validation(tmp_path_factory) -> Path:
+    """A build whose validation split holds no track (too few groups for its share)."""
+    return write_run_shards(tmp_path_factory.mktemp("noval") / "shards",
+                            {"training": [2, 1, 2], "validation": [], "test": [1, 2]})
+
+
 TINY_ARGS = ["--model", "soundnet-large", "--window-seconds", "0.1", "--windows", "2", "--batch-size", "2"]
 
 
@@ -186,7 +195,7 @@ def test_train_cli_runs_and_refuses_to_overwrite_the_run(tiny_shards, tmp_path, 
 
 
 @pytest.mark.slow
-def test_bad_inputs_are_one_line_errors(tiny_shards, tmp_path, cli_error):
+def test_bad_inputs_are_one_line_errors(tiny_shards, no_validation, tmp_path, cli_error):
     """Each case runs the real CLI in its own interpreter (all at once: they mostly wait for imports)."""
     expected = {}  # args -> the text the one-line error must hold
 
@@ -228,6 +237,8 @@ def test_bad_inputs_are_one_line_errors(tiny_shards, tmp_path, cli_error):
                                                "model": {"fc.weight": torch.zeros(1)}})  # not its weights
     expected[("evaluate", "--checkpoint", tmp_path / "mismatch.pt", "--shards", tiny_shards)] = \
         "weights do not fit model 'soundnet-large'"
+    expected[("evaluate", "--checkpoint", tmp_path / "mismatch.pt", "--shards", no_validation, "--split",
+              "validation")] = "split 'validation' has no tracks (the build gave it none: rebuild with a --split-ratios"
 
     with ThreadPoolExecutor(len(expected)) as pool:
         messages = dict(zip(expected, pool.map(lambda args: cli_error(*args), expected)))
@@ -235,8 +246,30 @@ def test_bad_inputs_are_one_line_errors(tiny_shards, tmp_path, cli_error):
         assert text in messages[args], (args, messages[args])
 
 
+# ------------------------------------------------------------------------------------------- no validation split
+def test_a_build_without_validation_trains_with_a_note_and_keeps_last_pt_only(no_validation, tmp_path, capsys):
+    run = tmp_path / "run"
+    result = train(TrainConfig(shards=str(no_validation), out=str(run), **{**TINY, "epochs": 1}))
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {no_validation / 'manifest.json'}: split 'validation' has no tracks (the build gave "
+                     "it none: rebuild with a --split-ratios share for it and at least as many groups, or tracks, "
+                     "as splits with a share): training without validation (last.pt only, no best.pt, validation "
+                     "metrics n/a)"]
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "last.pt"}
+    assert result.steps == 3 and result.best_epoch is None
+    assert result.last["val_tracks"] == 0 and result.last["val_loss"] is None and result.last["train_loss"] > 0
+    assert result.summary().endswith("no validation tracks: no accuracy, no best.pt")
+    # evaluation is consistent: the test split of last.pt works, the missing split and best.pt are one line each
+    report = evaluate_checkpoint(EvaluateConfig(checkpoint=str(run / "last.pt"), shards=str(no_validation)))
+    assert report.split == "test" and report.metrics.tracks == 3
+    with pytest.raises(EmptySplitError, match="split 'validation' has no tracks .*--split-ratios"):
+        evaluate_checkpoint(EvaluateConfig(checkpoint=str(run / "last.pt"), shards=str(no_validation),
+                                           split="validation"))
+    with pytest.raises(UserError, match="no such checkpoint .*last.pt is there: a run without validation"):
+        evaluate_checkpoint(EvaluateConfig(checkpoint=str(run / "best.pt"), shards=str(no_validation)))
+
+
 def test_compile_failure_is_one_line():
-    from fmashard.errors import UserError
     from fmashard.train.display import compile_guard
 
     with pytest.raises(UserError, match=r"--compile: torch.compile failed on this machine \(RuntimeError: no cc"):

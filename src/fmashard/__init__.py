@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import importlib
 
+from fmashard.cpu_isa import cap_onednn_isa
+
 __version__ = "0.1.0"
+cap_onednn_isa()   # before torch runs anything: correct bf16 on AMX CPUs (fmashard.cpu_isa)
 
 _EXPORTS = {  # name -> the module that defines it
     "ShardLoader": "fmashard.data.loader",

@@ -43,6 +43,11 @@ class AuthError(StorageError):
     pass
 
 
+class EmptySplitError(UserError):
+    """A manifest's split that holds no track (the build gave it none): `fmashard train` goes on without
+    validation, everything else that needs the split stops with this one line."""
+
+
 class DataError(UserError):
     """A shard or sample that is not what the manifest promised."""
 

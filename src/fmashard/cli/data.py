@@ -17,7 +17,9 @@ def build(
                                "path, label and optional split, track_id, group) or a folder per class "
                                "(DIR/blues/*.au: GTZAN's layout)."),
     split_ratios: str = typer.Option("80,10,10", help="--corpus without a split column: training,validation,test "
-                                     "shares, assigned by a hash of the group (else the path)."),
+                                     "shares of the groups (else the tracks), placed by a hash of their names; "
+                                     "every share gets a group when there are enough (README: how splits are "
+                                     "made)."),
     long_tracks: str = typer.Option("first", help="first: one clip per track (cut or padded); all: cut each track "
                                     "into consecutive clips, keys {track_id:06d}_{clip:04d}."),
     clip_hop_seconds: float | None = typer.Option(None, help="--long-tracks all: seconds between clip starts "

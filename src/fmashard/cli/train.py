@@ -9,6 +9,7 @@ from fmashard.cli import app
 
 AUGMENT_SYNTAX = "gain[=DB],polarity[=P],mixup[=ALPHA]"   # fmashard.data.transforms.AUGMENT_SYNTAX (torch-free here)
 DEFAULT_AUGMENT = "gain=6,polarity"                       # fmashard.train.config.DEFAULT_AUGMENT (tests/test_optim)
+NONFINITE_LIMIT = 10   # fmashard.train.guard.NONFINITE_LIMIT (torch-free here; tests/test_guard)
 NOTEBOOK_FLAGS = "--optimizer adam --lr-schedule none --augment none --no-random-crop --precise-bn 0"  # test_optim
 
 
@@ -57,6 +58,9 @@ def train(
     max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps (whole run)."),
     checkpoint_every: int = typer.Option(200, help="Steps between mid-epoch last.pt saves (0: epoch ends only)."),
     on_error: str = typer.Option("raise", help="raise or skip corrupt samples."),
+    max_nonfinite_steps: int = typer.Option(NONFINITE_LIMIT, help="A step whose loss or gradients are not finite "
+                                            "is skipped (weights and optimizer unchanged) and counted; this many "
+                                            "in a row stop the run with one line and exit 2."),
     check_crc: bool = typer.Option(False, "--check-crc", help="Check each sample's audio against the crc32 the "
                                    "build recorded (untrusted or flaky storage); a mismatch is a corrupt sample."),
     endpoint_url: str | None = typer.Option(None, help="S3 endpoint (sets AWS_ENDPOINT_URL)."),
@@ -70,7 +74,8 @@ def train(
     recipe: --optimizer adam --lr-schedule none --augment none --no-random-crop --precise-bn 0.
 
     best.pt: the epoch with the highest validation track accuracy by mean logits averaged over it and the 2
-    epochs before it (fewer at the start); a tie goes to the lower validation loss.
+    epochs before it (fewer at the start); a tie goes to the lower validation loss.  A build without validation
+    tracks trains with a note: last.pt only.
     """
     from fmashard.storage import set_endpoint_url
     from fmashard.train import TrainConfig
@@ -85,6 +90,7 @@ def train(
                          compile=compile, seed=seed, window_seconds=window_seconds, windows=windows,
                          overlap=overlap, shuffle_buffer=shuffle_buffer, precise_bn=precise_bn, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, on_error=on_error, check_crc=check_crc,
+                         max_nonfinite_steps=max_nonfinite_steps,
                          endpoint_url=endpoint_url,
                          resume=resume, log_batches=log_batches)
     _note_workers(workers, check_crc)

@@ -12,7 +12,7 @@ from pathlib import Path
 from braceexpand import braceexpand
 
 from fmashard import storage
-from fmashard.errors import DataError, NotFoundError, UserError
+from fmashard.errors import DataError, EmptySplitError, NotFoundError, UserError
 from fmashard.format.codecs import SHARD_CODECS
 from fmashard.format.manifest import MANIFEST_NAME, check_manifest, load_manifest, member_url
 from fmashard.format.spec import DatasetSpec, ShardInfo
@@ -33,11 +33,25 @@ def spec_from_manifest(url: str, split: str, manifest: dict | None = None) -> Da
     shards = tuple(ShardInfo(member_url(url, s["path"]), int(s["num_samples"]),
                              tuple(s["crc32"]) if "crc32" in s else None) for s in splits[split]["shards"])
     if not shards:
-        raise UserError(f"{url}: split {split!r} has no shards")
+        raise EmptySplitError(f"{url}: split {split!r} has no tracks ({why_empty(manifest, split)})")
     vocab = manifest.get("vocabulary")
     return DatasetSpec(shards, int(manifest["record_bytes"]), int(manifest["clip_samples"]),
                        codec, int(manifest.get("sample_rate", 22050)),
                        tuple(vocab) if vocab else None, split, manifest)
+
+
+def why_empty(manifest: dict, split: str) -> str:
+    """Why a build's split holds no track, and what changes it (shard_tools.splits says the same at build time)."""
+    skipped = sum(1 for s in manifest.get("skipped", []) if s.get("split") == split)
+    if skipped:
+        return f"all {skipped} of its tracks were skipped: the manifest's `skipped` says why"
+    split_by = (manifest.get("source") or {}).get("split_by")
+    if split_by == "table":
+        return "the table's split column gives it none"
+    if split_by == "fma":
+        return "FMA's tracks.csv gives it none in this subset"
+    return ("the build gave it none: rebuild with a --split-ratios share for it and at least as many groups, or "
+            "tracks, as splits with a share")
 
 
 def _expand(source) -> list[str]:

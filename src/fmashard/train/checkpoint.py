@@ -6,6 +6,7 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so it loads 
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +38,10 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
         raise UserError(f"{path} is a folder, not a checkpoint: give the checkpoint file in it "
                         f"({path / 'best.pt'} or {path / 'last.pt'})")
     if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
+        last = path.with_name("last.pt")
+        hint = f" ({last} is there: a run without validation tracks writes no best.pt)" if \
+            path.name == "best.pt" and last.is_file() else ""
+        raise UserError(f"{path}: no such checkpoint{hint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors have many types
@@ -122,11 +126,18 @@ BEST_RULE = ("best.pt: the epoch with the highest validation track accuracy by m
              "the 2 epochs before it (fewer at the start); a tie goes to the lower validation loss")
 
 
+def finite_loss(record: dict) -> bool:
+    """Whether an epoch's validation loss is a finite number (an epoch whose loss is not never makes best.pt)."""
+    loss = record.get("val_loss")
+    return loss is not None and math.isfinite(loss)
+
+
 def best_candidate(record: dict, recent: list[float]) -> dict | None:
-    """The best.pt entry an epoch's metrics record would make (None without validation tracks); `recent`:
+    """The best.pt entry an epoch's metrics record would make (None without validation tracks, or when its
+    validation loss is not finite); `recent`:
     BEST_METRIC of the complete epochs before it, oldest first."""
     value = record.get(BEST_METRIC)
-    if value is None:
+    if value is None or not finite_loss(record):
         return None
     window = ([*recent, value])[-BEST_EPOCHS:]
     return {"metric": f"{BEST_METRIC} mean of last {BEST_EPOCHS} epochs", "score": sum(window) / len(window),
@@ -152,6 +163,6 @@ def select_best(best: dict | None, recent: list[float], record: dict, complete: 
     `recent` (its resumed, complete record follows)."""
     candidate = best_candidate(record, recent)
     improved = is_better(candidate, best)
-    if complete and record.get(BEST_METRIC) is not None:
+    if complete and record.get(BEST_METRIC) is not None and finite_loss(record):
         recent = [*recent, record[BEST_METRIC]][-BEST_EPOCHS:]
     return (candidate if improved else best), recent, improved

@@ -9,6 +9,7 @@ from fmashard.data.transforms import RandomCrop, parse_augment
 from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.models import MODELS, model_features
+from fmashard.train.guard import NONFINITE_LIMIT
 from fmashard.train.optim import OPTIMIZERS, SCHEDULES
 from fmashard.train.precision import AMP_DTYPES
 
@@ -53,6 +54,7 @@ class TrainConfig:
     max_steps: int | None = None     # stop after this many optimizer steps (counted over the whole run)
     checkpoint_every: int = 200      # steps between mid-epoch last.pt saves (0: epoch ends only)
     on_error: str = "raise"
+    max_nonfinite_steps: int = NONFINITE_LIMIT  # steps in a row with a non-finite loss/gradients before a stop
     check_crc: bool = False          # check each sample's audio against the build's crc32 (LoaderConfig)
     endpoint_url: str | None = None  # sets AWS_ENDPOINT_URL
     resume: bool = False
@@ -66,7 +68,7 @@ class TrainConfig:
         set_(self, "out", str(self.out))
         if self.model not in MODELS:
             raise ConfigError(f"model: unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size", "windows", "shuffle_buffer", "read_threads"):
+        for name in ("epochs", "batch_size", "windows", "shuffle_buffer", "read_threads", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("workers", "checkpoint_every", "seed", "precise_bn"):

@@ -147,4 +147,5 @@ def format_record(r: dict, epochs: int) -> str:
             f"acc {fmt(r['train_window_acc'])} | val loss {fmt(r['val_loss'], 4)} acc {fmt(r['val_window_acc'])} "
             f"track vote {fmt(r['val_track_acc_vote'])} mean {fmt(r['val_track_acc_mean'])} | "
             f"{r['windows_per_s']:.1f} windows/s {r['tracks_per_s']:.2f} tracks/s | {r['seconds']:.1f} s"
-            + (f" | {r['skipped']} skipped" if r["skipped"] else ""))
+            + (f" | {r['skipped']} skipped" if r["skipped"] else "")
+            + (f" | {r['nonfinite_steps']} non-finite steps skipped" if r.get("nonfinite_steps") else ""))

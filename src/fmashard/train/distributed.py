@@ -30,6 +30,7 @@ class DistContext:
     local_rank: int
     device: torch.device
     owns_group: bool = False   # True when init_distributed created the process group (and closes it)
+    threads_before: int | None = None   # torch's thread count before init_distributed changed it (close restores)
 
     @property
     def is_main(self) -> bool:
@@ -44,6 +45,8 @@ class DistContext:
         if self.owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()   # and every group made from it (the host group too)
             _HOST_GROUP = None
+        if self.threads_before is not None:      # no process-wide setting outlives the run
+            torch.set_num_threads(self.threads_before)
 
 
 def init_distributed(device_name: str = "auto") -> DistContext:
@@ -60,6 +63,7 @@ def init_distributed(device_name: str = "auto") -> DistContext:
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _rank_device(device, local_rank)
+    threads_before = None
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch_dist.init_process_group("nccl", device_id=device)
@@ -67,9 +71,11 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     else:
         # CPU ranks share the cores: without this every rank starts one thread per core.
         per_rank = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        threads_before = torch.get_num_threads()
         torch.set_num_threads(per_rank)
         torch_dist.init_process_group("gloo")
-    return DistContext(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, device, owns_group=True)
+    return DistContext(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, device, owns_group=True,
+                       threads_before=threads_before)
 
 
 def _rank_device(device: torch.device, local_rank: int) -> torch.device:

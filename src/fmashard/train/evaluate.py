@@ -19,6 +19,7 @@ from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
 from fmashard.train.checkpoint import load_checkpoint, window_of
 from fmashard.train.distributed import all_reduce_sum, init_distributed
+from fmashard.train.guard import non_finite_tensors
 from fmashard.train.metrics import EvalMetrics, MetricTotals, fmt
 from fmashard.train.precision import autocast_context
 from fmashard.train.preflight import check_clip_length, check_memory, labelled_split, writable_folder
@@ -127,6 +128,10 @@ def evaluate_checkpoint(config: EvaluateConfig) -> EvalReport:
 
     storage.set_endpoint_url(config.endpoint_url)
     state = load_checkpoint(config.checkpoint, required=("model_name", "model", "vocabulary", "window"))
+    bad = non_finite_tensors(state["model"]) if isinstance(state["model"], dict) else []
+    if bad:
+        raise UserError(f"{config.checkpoint}: {len(bad)} of its weight tensors are not finite (e.g. {bad[0]!r}): "
+                        "the run diverged; evaluate an earlier checkpoint (best.pt) or retrain with a lower --lr")
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
     writable_folder(out, "--out" if config.out else "--out (default: the checkpoint's folder)")
     dist = init_distributed(config.device)

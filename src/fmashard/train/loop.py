@@ -13,12 +13,17 @@ Precision follows nanoGPT (`fmashard.train.precision`): one `ctx` and `GradScale
 `torchrun` the same loop runs DDP (see distributed.py).  `--resume` continues from last.pt exactly: the
 loader state gives the remaining samples in the same order, and the DeviceFeeder's start_index keeps the
 random crops of the remaining batches.
+
+Every step goes through the non-finite guard (`fmashard.train.guard`): a step whose loss or gradients
+are not finite changes neither the weights nor the optimizer state, is counted (the epoch's line,
+metrics.jsonl, the summary), and `max_nonfinite_steps` of them in a row stop the run with one line
+(NonFiniteStop), all without a host read per step.  best.pt never comes from an epoch whose validation
+loss is not finite, and a run whose weights are not finite at its end does not say "done".
 """
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,9 +33,7 @@ from fmashard.data.device import DeviceFeeder
 from fmashard.data.features import make_features
 from fmashard.data.loader import LoaderConfig, ShardLoader
 from fmashard.data.targets import soft_cross_entropy
-from fmashard.data.windows import WindowSpec
 from fmashard.errors import UserError
-from fmashard.format.spec import DatasetSpec
 from fmashard.models import build_model, count_parameters
 from fmashard.train.checkpoint import rng_state, save_checkpoint, select_best, set_rng_state, window_record
 from fmashard.train.config import TrainConfig
@@ -44,107 +47,27 @@ from fmashard.train.distributed import (
     stop_requested,
 )
 from fmashard.train.evaluate import evaluate, recalibrate_batchnorm
+from fmashard.train.guard import NonFiniteGuard, NonFiniteStop, check_finite_state, describe_run, stop_message
 from fmashard.train.metrics import MetricTotals
 from fmashard.train.optim import Schedule, build_optimizer
 from fmashard.train.precision import autocast_context
-from fmashard.train.preflight import check_before_writing, check_clip_length, labelled_split
+from fmashard.train.preflight import check_before_writing, check_clip_length, labelled_split, validation_split
 from fmashard.train.run_dir import append_jsonl, prepare_run_dir, write_json
+from fmashard.train.state import Epoch, Run, TrainResult, TrainState
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    epochs: int                      # epochs completed (all of them, including before a resume)
-    steps: int
-    seconds: float
-    history: list[dict] = field(default_factory=list)   # this call's metrics.jsonl lines
-    best_val_track_acc: float | None = None
-    best_epoch: int | None = None
-    interrupted: bool = False
-    best_score: float | None = None  # best.pt's score under checkpoint.BEST_RULE
-
-    @property
-    def last(self) -> dict | None:
-        return self.history[-1] if self.history else None
-
-    @property
-    def val_track_acc(self) -> float | None:
-        return self.last["val_track_acc_vote"] if self.last else None
-
-    def summary(self) -> str:
-        if self.interrupted:
-            return f"interrupted at step {self.steps}: {self.run_dir / 'last.pt'} saved; rerun with --resume"
-        best = (f", best.pt: epoch {self.best_epoch} (val track acc mean-logits, last-3 mean {self.best_score:.4f}; "
-                f"vote {self.best_val_track_acc:.4f}) -> {self.run_dir / 'best.pt'}") if self.best_epoch else ""
-        if self.best_epoch is None and self.last is not None and not self.last["val_tracks"]:
-            best = ", no validation tracks: no accuracy, no best.pt"
-        return f"done: {self.epochs} epochs, {self.steps} steps in {self.seconds:.1f} s{best}"
-
-
-@dataclass
-class Run:
-    """What stays fixed over a run: its settings, data, folder and display."""
-    config: TrainConfig
-    dist: DistContext
-    run_dir: Path
-    spec: DatasetSpec
-    window: WindowSpec
-    transforms: list             # the device transforms of training batches (validation: none)
-    features: torch.nn.Module    # what the model takes, from the windows (fmashard.data.features), every split
-    loader: ShardLoader          # training batches, shuffled
-    val_loader: ShardLoader      # validation batches, in order
-    bn_loader: ShardLoader       # training batches in order, for --precise-bn
-    schedule: Schedule           # the learning rate of every step (over epochs * batches per epoch)
-    progress: Progress
-
-    @property
-    def vocabulary(self) -> tuple[str, ...]:
-        return tuple(self.spec.vocabulary)
-
-    def at_max_steps(self, step: int) -> bool:
-        return self.config.max_steps is not None and step >= self.config.max_steps
-
-
-@dataclass
-class TrainState:
-    """What the steps change; last.pt keeps all of it (`save`) and a resume restores it (`resume`)."""
-    model: torch.nn.Module             # the weights saved (not compiled, not DDP-wrapped)
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    ctx: object                        # the run's autocast context (nullcontext without --amp)
-    amp_dtype: torch.dtype | None
-    epoch: int = 0                     # the epoch being trained (0-based)
-    step: int = 0                      # optimizer steps over the whole run
-    batches_done: int = 0              # batches of `epoch` already trained (a resume starts after them)
-    best: dict | None = None           # best.pt's entry (checkpoint.best_candidate: score, val_loss, epoch, ...)
-    recent: list = field(default_factory=list)   # BEST_METRIC of the complete epochs so far (the last 3 kept)
-    train_totals: dict | None = None   # resumed mid-epoch: the epoch's sums so far (over ranks, on rank 0)
-    train_seconds: float = 0.0         # resumed mid-epoch: the epoch's training seconds so far
-    eval_model: torch.nn.Module | None = None   # the model, compiled with --compile
-    step_model: torch.nn.Module | None = None   # eval_model, DDP-wrapped under torchrun
-    first_step: int = 0                # the step this call started at (torch.compile compiles on it)
-
-
-@dataclass
-class Epoch:
-    """One pass of `train_epoch`: this rank's totals and steps, and how it ended."""
-    totals: MetricTotals
-    seconds: float                     # training seconds of the epoch (before a resume too)
-    steps: int                         # optimizer steps this rank took in it
-    complete: bool                     # every batch of the epoch trained
-    interrupted: bool                  # a stop was requested (SIGTERM / Ctrl-C)
-
-
-def train_step(model, optimizer, scaler, ctx, windows: torch.Tensor, labels: torch.Tensor, mix=None):
-    """One optimizer step on a whole batch of windows; returns the (detached) loss and logits.  `mix`
-    (after Mixup): the soft targets, so the loss is the mixed cross-entropy (fmashard.data.targets)."""
+def train_step(model, optimizer, scaler, ctx, windows: torch.Tensor, labels: torch.Tensor, mix=None,
+               guard: NonFiniteGuard | None = None):
+    """One optimizer step on a whole batch of windows, skipped by `guard` (one made for this step if None)
+    when the loss or a gradient is not finite; returns the (detached) loss and logits.  `mix` (after
+    Mixup): the soft targets, so the loss is the mixed cross-entropy (fmashard.data.targets)."""
+    guard = guard if guard is not None else NonFiniteGuard(model)
+    guard.before_step()
     with ctx:
         logits = model(windows)
         loss = soft_cross_entropy(logits, labels, mix)
     scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    guard.step(optimizer, scaler, loss)
     return loss.detach(), logits.detach()
 
 
@@ -177,16 +100,19 @@ def _train(config: TrainConfig, dist: DistContext, on_step) -> TrainResult:
             end_epoch(run, state, epoch, record)
             if not epoch.complete:  # max_steps reached mid-epoch
                 break
+    check_finite_weights(run, state)
     best = state.best or {}
     result = TrainResult(run.run_dir, state.epoch, state.step, time.perf_counter() - started, history,
-                         best.get("val_track_acc_vote"), best.get("epoch"), interrupted, best.get("score"))
+                         best.get("val_track_acc_vote"), best.get("epoch"), interrupted, best.get("score"),
+                         state.guard.read()[0])
     run.progress.line(result.summary())
     return result
 
 
 def prepare(config: TrainConfig, dist: DistContext) -> tuple[Run, dict | None]:
     """The run's data and checks, then its folder; the last.pt state to resume from (or None)."""
-    spec, val_spec = labelled_split(config.shards, "training"), labelled_split(config.shards, "validation")
+    spec = labelled_split(config.shards, "training")
+    val_spec = validation_split(config.shards, spec, announce=dist.is_main)   # a build without one: empty
     window, transforms = config.window_spec(spec.sample_rate), config.transforms()
     check_clip_length(spec, window, transforms)
     # With one window per track, a tail batch of one track is a BatchNorm batch of one (which cannot
@@ -225,6 +151,7 @@ def start_state(run: Run, resumed: dict | None) -> TrainState:
     state = TrainState(model, optimizer, scaler, ctx, amp_dtype)
     if resumed is not None:
         resume(run, state, resumed)
+    state.guard = NonFiniteGuard(model, config.max_nonfinite_steps, skipped=state.nonfinite_seen)
     state.first_step = state.step
     state.eval_model = state.step_model = torch.compile(model) if config.compile else model
     if run.dist.is_distributed:
@@ -256,6 +183,7 @@ def resume(run: Run, state: TrainState, saved: dict) -> None:
     state.epoch, state.step, state.batches_done = saved["epoch"], saved["step"], saved["batches_done"]
     state.best, state.train_seconds = saved["best"], saved["train_seconds"]
     state.recent = list(saved.get("recent", []))
+    state.nonfinite_seen = int(saved.get("nonfinite_steps", 0))
     state.train_totals = saved["train_totals"] if run.dist.is_main else None   # global sums: one rank carries them
     try:
         run.loader.load_state_dict(saved["loader"])
@@ -302,7 +230,7 @@ def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
         run.schedule.apply(state.optimizer, state.step)   # this step's rate, from the global step alone
         with compile_guard(config.compile and state.step == state.first_step):
             loss, logits = train_step(state.step_model, state.optimizer, state.scaler, state.ctx, batch.windows,
-                                      batch.labels, batch.mix)
+                                      batch.labels, batch.mix, state.guard)
         totals.add(logits, batch.labels, batch.num_tracks, loss)
         state.step, state.batches_done = state.step + 1, state.batches_done + 1
         if ids is not None and run.dist.is_main:
@@ -311,7 +239,9 @@ def train_epoch(run: Run, state: TrainState, stop, on_step) -> Epoch:
         run.progress.advance(loss, batch.windows.shape[0], batch.num_tracks)
         if on_step is not None:
             on_step(state.step, state.epoch)
-        if stop_requested(stop.requested, state.step):
+        state.guard.poll()
+        if stop_requested(stop.requested or state.guard.tripped(), state.step):
+            check_nonfinite(run, state)
             interrupted = True
             break
         if run.at_max_steps(state.step):
@@ -332,6 +262,7 @@ def validate(run: Run, state: TrainState, epoch: Epoch) -> dict:
     skipped = int(all_reduce_sum(torch.tensor([run.loader.skipped_this_epoch], device=device)).item())
     epoch.totals = epoch.totals.reduced()
     trained = epoch.totals.result(skipped)
+    nonfinite = state.guard.read()[0]
     val_started = time.perf_counter()
     recalibrate_batchnorm(state.eval_model, run.bn_loader, device, run.window, run.config.precise_bn, state.ctx,
                           run.features)
@@ -347,7 +278,8 @@ def validate(run: Run, state: TrainState, epoch: Epoch) -> dict:
             "tracks_per_s": trained.tracks / epoch.seconds,   # records (clips) per second
             "windows_per_s": trained.windows / epoch.seconds, "seconds": epoch.seconds,
             "val_seconds": time.perf_counter() - val_started, "skipped": skipped + val.skipped,
-            "steps_per_rank": steps_per_rank, "world_size": run.dist.world_size}
+            "steps_per_rank": steps_per_rank, "world_size": run.dist.world_size,
+            "nonfinite_steps": nonfinite - state.nonfinite_seen, "nonfinite_steps_total": nonfinite}
 
 
 def end_epoch(run: Run, state: TrainState, epoch: Epoch, record: dict) -> None:
@@ -356,6 +288,7 @@ def end_epoch(run: Run, state: TrainState, epoch: Epoch, record: dict) -> None:
     state.best, state.recent, improved = select_best(state.best, state.recent, record, epoch.complete)
     if epoch.complete:
         state.epoch, state.batches_done, state.train_totals, state.train_seconds = state.epoch + 1, 0, None, 0.0
+        state.nonfinite_seen = record["nonfinite_steps_total"]
     if run.dist.is_main:
         append_jsonl(run.run_dir / "metrics.jsonl", record)
     run.progress.line(format_record(record, run.config.epochs))
@@ -378,6 +311,26 @@ def save(run: Run, state: TrainState, name: str, train_totals: dict | None, trai
         "batches_done": state.batches_done,
         "loader": {**run.loader.state_dict(), "epoch": state.epoch, "batches": state.batches_done},
         "train_totals": train_totals, "train_seconds": train_seconds, "best": state.best, "metrics": record,
-        "recent": state.recent, "schedule": run.schedule.state(), "lr": run.schedule.lr_at(max(0, state.step - 1)),
+        "recent": state.recent, "nonfinite_steps": state.nonfinite_seen, "schedule": run.schedule.state(),
+        "lr": run.schedule.lr_at(max(0, state.step - 1)),
         "rng": rng_state(), "config": config.as_dict(), "vocabulary": list(run.vocabulary),
         "window": window_record(run.window, run.transforms), "sample_rate": run.spec.sample_rate})
+
+
+def describe(run: Run, state: TrainState) -> str:
+    return describe_run(run.config.model, state.amp_dtype, state.scaler.is_enabled(), run.dist.device)
+
+
+def check_nonfinite(run: Run, state: TrainState) -> None:
+    """At an agreed stop: NonFiniteStop when the guard's limit of skips in a row was reached (on every rank:
+    their gradients, so their counts, are the same)."""
+    _, in_a_row = state.guard.read()
+    if in_a_row >= state.guard.limit:
+        raise NonFiniteStop(stop_message(state.step, state.epoch + 1, run.config.epochs, in_a_row,
+                                         describe(run, state), run.config.lr))
+
+
+def check_finite_weights(run: Run, state: TrainState) -> None:
+    """A run never ends in "done" over weights (or BatchNorm statistics) that are not finite."""
+    check_finite_state(state.model.state_dict(), f"training ended at step {state.step}", describe(run, state),
+                       run.config.lr)

@@ -32,14 +32,20 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [group for group in groups if group["params"]]
 
 
+def _fusable(model) -> bool:
+    """Fused Adam/AdamW (one kernel per step; CPU and CUDA, float parameters): the step the non-finite guard
+    skips on the device (fmashard.train.guard.step_unless)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
+
+
 def _adamw(model, lr: float, weight_decay: float | None) -> torch.optim.Optimizer:
     decay = DEFAULT_WEIGHT_DECAY if weight_decay is None else weight_decay
-    return torch.optim.AdamW(parameter_groups(model, decay), lr=lr)
+    return torch.optim.AdamW(parameter_groups(model, decay), lr=lr, fused=_fusable(model))
 
 
 def _adam(model, lr: float, weight_decay: float | None) -> torch.optim.Optimizer:
     """Plain Adam (the notebook's); an explicit weight decay is Adam's L2 penalty, on the same groups."""
-    return torch.optim.Adam(parameter_groups(model, weight_decay or 0.0), lr=lr)
+    return torch.optim.Adam(parameter_groups(model, weight_decay or 0.0), lr=lr, fused=_fusable(model))
 
 
 # name -> (model, lr, weight_decay or None for the optimizer's default) -> optimizer

@@ -2,6 +2,7 @@
 shard or writes a file.
 
     labelled_split(source, split)       the split, from a manifest with a genre vocabulary
+    validation_split(source, training)  the validation split, or none (with a note) when the build has none
     check_clip_length(spec, window)     the clips are long enough for the windows (and the transforms)
     writable_folder(path, "--out")      the folder exists or can be created, and files can be created in it
     check_memory(spec, loader_config)   the loader's batch buffers fit in the memory available now
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from fmashard.data.sources import resolve_source
 from fmashard.data.windows import WindowSpec, samples_needed
-from fmashard.errors import UserError
+from fmashard.errors import EmptySplitError, UserError
 
 
 def labelled_split(source: str, split: str):
@@ -25,6 +27,20 @@ def labelled_split(source: str, split: str):
         raise UserError(f"{source}: training and evaluation need shards with a manifest.json holding the "
                         "genre vocabulary (build them with `fmashard build`)")
     return spec
+
+
+NO_VALIDATION = "training without validation (last.pt only, no best.pt, validation metrics n/a)"
+
+
+def validation_split(source: str, training, announce: bool = True):
+    """The DatasetSpec of the validation split; when the build has none (`EmptySplitError`), an empty one
+    (every validation is then "n/a" and no best.pt is written) and, with `announce`, one note on stdout."""
+    try:
+        return labelled_split(source, "validation")
+    except EmptySplitError as exc:
+        if announce:
+            print(f"note: {exc}: {NO_VALIDATION}", flush=True)
+        return replace(training, shards=(), split="validation")
 
 
 def check_clip_length(spec, window: WindowSpec, transforms=()) -> None:
