@@ -16,7 +16,7 @@ Cases (the causes the issue asks about, one at a time):
   preadv-cold      the same into 16 batch buffers in turn (160 MB: the destination is no longer in cache)
   preadv-fresh     the same into a new anonymous mapping per batch (every page faulted and zeroed)
   preadv-warm-2t   preadv-warm on 2 threads, 2 buffers
-  bench-raw        the tree's `fmashard bench` raw pass (fmashard.bench.loaders.raw_read)
+  bench-raw        the tree's `fmashard bench` raw pass (fmashard.bench.loaders: RawPass, before it raw_read)
   host-rt1/rt2     the tree's ShardLoader (fmashard-host), read_threads 1 and 2
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Preadv:
 
 def cases(spec):
     """{name: pass function} over this tree's fmashard."""
-    from fmashard.bench.loaders import raw_read
+    from fmashard.bench import loaders as bench_loaders
     from fmashard.data.loader import LoaderConfig, ShardLoader
     from fmashard.format.tar import PREAMBLE
 
@@ -117,7 +117,8 @@ def cases(spec):
         "preadv-warm": lambda: pv.run(1), "preadv-cold": lambda: pv.run(16),
         "preadv-fresh": lambda: pv.run(0, fresh=True),
         "preadv-warm-2t": lambda: pv.run(2, threads=2),
-        "bench-raw": lambda: raw_read(spec, spec.num_samples),
+        "bench-raw": (bench_loaders.RawPass(spec, spec.num_samples) if hasattr(bench_loaders, "RawPass")
+                      else lambda: bench_loaders.raw_read(spec, spec.num_samples)),
         "host-rt1": lambda: host(1), "host-rt2": lambda: host(2),
     })
     return out

@@ -12,14 +12,20 @@ import os
 from dataclasses import dataclass, fields
 from functools import partial
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fmashard import storage
 from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers, finish_batch, row_bytes
 from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.data.records import LocalShards, ParallelReads, iter_stream_records, read_ahead, stream_records
+from fmashard.data.records import (
+    LocalShards,
+    ParallelReads,
+    iter_stream_records,
+    read_ahead,
+    read_rows,
+    stream_records,
+)
 from fmashard.data.shm import RingBatch, SharedRing, ring_size
 from fmashard.errors import DataError, ErrorPolicy, UserError, log
 from fmashard.format.spec import DatasetSpec
@@ -113,18 +119,16 @@ class WorkerStream:
         the CPU cache), READ_CHUNK records a job: not into the ~100 MB of pending buffers as the file goes
         by, which the cache no longer holds (1.3x the CPU per track: issue 27).  Same batches and order."""
         bp, members = self.plan.batches, self.plan.batches.members()
-        todo = [(buffer, size, members[buffer]) for buffer, _, size in bp.full[self.start:]]
-        shards = LocalShards(self.plan.segments, np.concatenate([m for *_, m in todo] or [[]]).astype(int),
-                             self.spec.record_bytes, self.spec.sample_bytes, self.spec.audio_ext, self._crcs)
+        todo = bp.full[self.start:]
+        shards = LocalShards(self.plan.segments, [members[buffer] for buffer, _, _ in todo], self.spec.record_bytes,
+                             self.spec.sample_bytes, self.spec.audio_ext, self._crcs)
         try:
-            for buffer, size, ordinals in todo:
-                for at in range(0, size, READ_CHUNK):
-                    part = ordinals[at:at + READ_CHUNK].tolist()
-                    slots, metas = zip(*(self.buffers.slot(buffer, int(bp.slot_of[s])) for s in part))
-                    files = [shards.shard(s, self.policy) for s in part]
-                    last = (buffer, size) if at + READ_CHUNK >= size else None
-                    for tag, read in self._reads.submit((part, metas, last), shards.read, files,
-                                                        shards.index_of[part].tolist(), slots):
+            for n, (buffer, _, size) in enumerate(todo):
+                slots, metas = zip(*(self.buffers.slot(buffer, s) for s in bp.slot_of[members[buffer]].tolist()))
+                for at, records in shards.jobs(n, READ_CHUNK, self.policy):
+                    last = (n, buffer, size) if at + READ_CHUNK >= size else None
+                    for tag, read in self._reads.submit((at, last), read_rows, records, slots[at:at + READ_CHUNK],
+                                                        metas[at:at + READ_CHUNK]):
                         yield from self._finish(tag, read, shards)
             for tag, read in self._reads.drain():
                 yield from self._finish(tag, read, shards)
@@ -133,12 +137,13 @@ class WorkerStream:
             shards.close()
 
     def _finish(self, tag, read, shards: LocalShards):
-        """Settle one job of _gathered; after the last job of a batch, the batch."""
-        for _ in self._settle(tag[:2], read):
-            pass
-        shards.done(tag[0])
-        if tag[2] is not None:
-            yield finish_batch(*self.buffers.take(*tag[2]), self._skipped_since())
+        """Settle one job of _gathered (its failed records to the policy); after a batch's last, the batch."""
+        for _, exc in read.result():
+            self.policy.handle(_as_data_error(exc, self.policy))
+        if tag[1] is not None:
+            n, buffer, size = tag[1]
+            shards.done(n)
+            yield finish_batch(*self.buffers.take(buffer, size), self._skipped_since())
 
     def _skipped_since(self) -> int:
         now = self.policy.num_skipped
@@ -163,7 +168,7 @@ class WorkerStream:
     def _read_run(self, run: list[int]):
         seg, first = self.plan.locate(run[0])
         backend = storage.backend_for(seg.url)
-        if self._fixed and self.read_threads > 1 and backend.seekable:   # local shards: _gathered
+        if self._fixed and self.read_threads > 1 and backend.seekable:   # http/s3 (local shards: _gathered)
             job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
                           record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe,
                           crcs=self._crcs.get(seg.url))
@@ -210,9 +215,7 @@ class WorkerStream:
         (one error standing for several lost samples is reported once).  Yields each ordinal."""
         results = read.result()
         for i, (s, meta, sample) in enumerate(zip(*tag, results)):
-            if sample is None:           # its shard could not be opened: counted when that was found
-                pass
-            elif not isinstance(sample, Exception):
+            if not isinstance(sample, Exception):
                 meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
             elif i == 0 or results[i - 1] is not sample:
                 lost = 1

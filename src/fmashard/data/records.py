@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from fmashard import storage
+from fmashard.data.collate import LABEL, TRACK_ID, VALID
 from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.format.tar import BLOCK, PREAMBLE
+from fmashard.format.tar import BLOCK, PREAMBLE, track_id_of
 
 
 class LocalShard:
@@ -90,24 +91,36 @@ class LocalShard:
 
 
 class LocalShards:
-    """The local shards a worker's batches are read from, batch by batch (`read_records`): where each
-    ordinal's record is, each shard opened when first needed and closed once its last record is read.
-    `ordinals`: every ordinal still to be read (the batches' members, any order)."""
+    """The local shards a worker's batches are read from, batch by batch: where each record of
+    `batches` (one array of ordinals per batch, in slot order) lies, each shard opened when first needed
+    and closed after the last batch that reads from it.  Where things are is worked out once, with numpy,
+    so a batch costs a few list lookups in Python (`jobs`), not a numpy call per record."""
 
-    def __init__(self, segments, ordinals: np.ndarray, record_bytes: int, sample_bytes: int, audio_ext: str,
+    def __init__(self, segments, batches: list, record_bytes: int, sample_bytes: int, audio_ext: str,
                  crcs: dict):
         starts = np.cumsum([0] + [seg.count for seg in segments])
         firsts = np.array([seg.first for seg in segments], dtype=np.int64)
-        ordinal = np.arange(starts[-1])
-        self.segment_of = np.searchsorted(starts, ordinal, side="right") - 1
-        self.index_of = ordinal - starts[self.segment_of] + firsts[self.segment_of]   # record within its shard
-        self.left = np.bincount(self.segment_of[ordinals], minlength=len(segments)).tolist()
+        ordinals = np.concatenate(batches or [[]]).astype(np.int64)
+        k = np.searchsorted(starts, ordinals, side="right") - 1
+        index = ordinals - starts[k] + firsts[k]                        # record within its shard
+        cuts = np.cumsum([len(b) for b in batches])[:-1]
+        self.where = [list(zip(*pair)) for pair in zip(np.split(k, cuts), np.split(index, cuts))]
+        last = np.full(len(segments), -1)
+        last[k] = np.repeat(np.arange(len(batches)), [len(b) for b in batches])  # the last batch wins
+        self.closes = {}
+        for shard, b in enumerate(last.tolist()):
+            self.closes.setdefault(b, []).append(shard)
         self.segments, self.args, self.crcs, self.files = segments, (record_bytes, sample_bytes, audio_ext), crcs, {}
+        self.lost: dict[int, int] = {}    # shards that could not be opened: their records still to read
 
-    def shard(self, ordinal: int, policy) -> LocalShard | None:
-        """The open shard of an ordinal.  One that cannot be opened raises its StorageError (on_error
-        raise), else costs its records still to read, counted once, and is None from then on."""
-        k = int(self.segment_of[ordinal])
+    def jobs(self, batch: int, chunk: int, policy) -> list:
+        """Batch `batch`'s records as jobs of `chunk`: (slot of its first, [(LocalShard or None, index)]).
+        A shard that cannot be opened raises its StorageError (on_error raise), else costs its records of
+        this and later batches, counted once, at the first batch that needs it."""
+        where = [(self._open(int(k), batch, policy), int(i)) for k, i in self.where[batch]]
+        return [(at, where[at:at + chunk]) for at in range(0, len(where), chunk)]
+
+    def _open(self, k: int, batch: int, policy) -> LocalShard | None:
         if k not in self.files:
             url = self.segments[k].url
             try:
@@ -115,16 +128,17 @@ class LocalShards:
             except StorageError as exc:
                 if policy.mode == "raise":
                     raise
-                self.files[k], lost, self.left[k] = None, self.left[k], 0
+                self.files[k] = None
+                lost = sum(kk == k for w in self.where[batch:] for kk, _ in w)
                 policy.handle(DataError(url, None, str(exc)), lost=lost)
         return self.files[k]
 
-    def done(self, ordinals) -> None:
-        """These records are read: close a shard once its last one is."""
-        for k in self.segment_of[ordinals].tolist():
-            self.left[k] -= 1
-            if not self.left[k] and self.files.get(k) is not None:
-                self.files.pop(k).close()
+    def done(self, batch: int) -> None:
+        """Batch `batch` is read: close the shards no later batch reads from."""
+        for k in self.closes.get(batch, ()):
+            shard = self.files.pop(k, None)
+            if shard is not None:
+                shard.close()
 
     def close(self) -> None:
         for shard in self.files.values():
@@ -132,13 +146,21 @@ class LocalShards:
                 shard.close()
         self.files.clear()
 
-    @staticmethod
-    def read(shards: list, indices: list[int], slots: list) -> list:
-        """A read-thread job: records anywhere in local shards (a batch's, in slot order), one `preadv`
-        each; a Sample or the DataError of each, None where the shard could not be opened (counted)."""
-        pre = bytearray(PREAMBLE)
-        return [shard.read_one(index, pre, slot) if shard is not None else None
-                for shard, index, slot in zip(shards, indices, slots)]
+
+def read_rows(records: list, slots: list, metas: list) -> list:
+    """A read-thread job: records anywhere in local shards ((LocalShard or None, index) each), one
+    `preadv` each, audio into `slots`, label/track id/valid into their `metas` rows.  Returns
+    [(position, DataError)] of the records that failed (None shards: counted when found, left invalid)."""
+    pre, failed = bytearray(PREAMBLE), []
+    for i, ((shard, index), slot, meta) in enumerate(zip(records, slots, metas)):
+        if shard is None:
+            continue
+        sample = shard.read_one(index, pre, slot)
+        if isinstance(sample, Sample):
+            meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
+        else:
+            failed.append((i, sample))
+    return failed
 
 
 def check_audio(sample, slot, url: str, crcs, index: int):
