@@ -117,7 +117,8 @@ class WorkerStream:
     def _gathered(self):
         """Local shards: each batch's records read when it is next, into a buffer just given back (still in
         the CPU cache), READ_CHUNK records a job: not into the ~100 MB of pending buffers as the file goes
-        by, which the cache no longer holds (1.3x the CPU per track: issue 27).  Same batches and order."""
+        by, which the cache no longer holds (1.25x the CPU per track: benchmarks/README.md, issue 27).  Same
+        batches and order."""
         bp, members = self.plan.batches, self.plan.batches.members()
         todo = bp.full[self.start:]
         shards = LocalShards(self.plan.segments, [members[buffer] for buffer, _, _ in todo], self.spec.record_bytes,

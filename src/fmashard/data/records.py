@@ -1,12 +1,12 @@
 """Samples stage, local shards: records read in place, several at once.
 
-fmashard records have a fixed size, so sample i of a local shard starts at byte i * record_bytes.  A
-job of a small thread pool reads a few consecutive records with one `preadv`: the five small blocks of
-each (headers, label, metadata) to a scratch buffer, the audio straight into its batch slot.  `preadv`
-needs no shared file position and releases the GIL, so the threads copy from the page cache at once;
-one thread alone leaves much of the memory bandwidth unused (benchmarks/README.md).  The headers are
-checked after the copy; a record the fast parse does not recognise is read again by the general
-parser, which names the fault.
+fmashard records have a fixed size, so sample i of a local shard starts at byte i * record_bytes.  The
+loader reads a batch's records when that batch is next (`LocalShards`), into a buffer just given back,
+which the CPU cache still holds.  A job of a small thread pool (`read_rows`) reads a few of them, one
+`preadv` each: the five small blocks of a record (headers, label, metadata) to a scratch buffer, the
+audio straight into its batch slot.  `preadv` needs no shared file position and releases the GIL, so
+the threads copy from the page cache at once.  The headers are checked after the copy; a record the
+fast parse does not recognise is read again by the general parser, which names the fault.
 """
 from __future__ import annotations
 
