@@ -24,6 +24,7 @@ from fmashard.data.records import (
     iter_stream_records,
     read_ahead,
     read_rows,
+    reads_on_threads,
     stream_records,
 )
 from fmashard.data.shm import RingBatch, SharedRing, ring_size
@@ -168,8 +169,7 @@ class WorkerStream:
 
     def _read_run(self, run: list[int]):
         seg, first = self.plan.locate(run[0])
-        backend = storage.backend_for(seg.url)
-        if self._fixed and self.read_threads > 1 and backend.seekable:   # http/s3 (local shards: _gathered)
+        if reads_on_threads(self._fixed, [seg.url], self.read_threads):   # http/s3 (local shards: _gathered)
             job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
                           record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe,
                           crcs=self._crcs.get(seg.url))
@@ -396,7 +396,8 @@ class ShardLoader:
         rings = None
         if self.config.num_workers == 0:
             dataset = _WorkerDataset(self, self.epoch, starts, rotation)
-            pooled = self.config.read_threads > 1 and not any(sh.url.startswith("pipe:") for sh in self.spec.shards)
+            pooled = reads_on_threads(self.spec.fixed_layout, [sh.url for sh in self.spec.shards],
+                                      self.config.read_threads)
             ahead = 0 if pooled else self.config.prefetch   # the read threads read ahead themselves
             source = read_ahead(dataset, ahead) if ahead else iter(dataset)
         else:

@@ -213,6 +213,14 @@ def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_e
                                                         audio_ext, record_bytes, allow_pipe, crcs) for _ in range(n)]
 
 
+def reads_on_threads(fixed_layout: bool, urls, read_threads: int) -> bool:
+    """Whether a worker's reads go on its read threads, which then read ahead by themselves: only
+    records of the fixed layout (`WorkerStream._gathered`, ranged jobs) on storage that can open at an
+    offset (a pipe cannot), and only with more than one thread.  Anything else is read in the loader's
+    thread, where read-ahead (`read_ahead`) is what overlaps the reads with the consumer."""
+    return fixed_layout and read_threads > 1 and all(storage.backend_for(url).seekable for url in urls)
+
+
 class ParallelReads:
     """Reads submitted in order, results taken in the same order, at most `depth` in flight."""
 
