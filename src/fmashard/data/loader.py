@@ -21,6 +21,7 @@ from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin,
 from fmashard.data.records import (
     LocalShards,
     ParallelReads,
+    RecordLayout,
     iter_stream_records,
     read_ahead,
     read_rows,
@@ -84,9 +85,9 @@ class WorkerStream:
         self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
         self._crcs = {sh.url: sh.crc32 for sh in spec.shards} if check_crc else {}
         self._reported = policy.num_skipped
-        self._fixed = spec.fixed_layout
+        self.layout = RecordLayout.of(spec)
         # local shards of the fixed layout are read batch by batch (_gathered), anything else as it streams by
-        self._gather = self._fixed and all(storage.backend_for(seg.url).local for seg in plan.segments)
+        self._gather = self.layout.fixed and all(storage.backend_for(seg.url).local for seg in plan.segments)
         self._reads: ParallelReads | None = None
 
     def __iter__(self):
@@ -122,8 +123,7 @@ class WorkerStream:
         batches and order."""
         bp, members = self.plan.batches, self.plan.batches.members()
         todo = bp.full[self.start:]
-        shards = LocalShards(self.plan.segments, [members[buffer] for buffer, _, _ in todo], self.spec.record_bytes,
-                             self.spec.sample_bytes, self.spec.audio_ext, self._crcs)
+        shards = LocalShards(self.plan.segments, [members[buffer] for buffer, _, _ in todo], self.layout, self._crcs)
         try:
             for n, (buffer, _, size) in enumerate(todo):
                 slots, metas = zip(*(self.buffers.slot(buffer, s) for s in bp.slot_of[members[buffer]].tolist()))
@@ -169,9 +169,8 @@ class WorkerStream:
 
     def _read_run(self, run: list[int]):
         seg, first = self.plan.locate(run[0])
-        if reads_on_threads(self._fixed, [seg.url], self.read_threads):   # http/s3 (local shards: _gathered)
-            job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
-                          record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe,
+        if reads_on_threads(self.layout, [seg.url], self.read_threads):   # http/s3 (local shards: _gathered)
+            job = partial(stream_records, seg.url, layout=self.layout, allow_pipe=self.allow_pipe,
                           crcs=self._crcs.get(seg.url))
             yield from self._read_jobs(job, first, run, STREAM_CHUNK)
         else:
@@ -185,8 +184,7 @@ class WorkerStream:
             slot, metas[i] = self.buffers.slot(int(bp.buffer_of[run[i]]), int(bp.slot_of[run[i]]))
             return slot
         done = 0
-        for result, n in iter_stream_records(url, first, len(run), slot_for, self.spec.sample_bytes,
-                                             self.spec.audio_ext, self.spec.record_bytes, self.allow_pipe,
+        for result, n in iter_stream_records(url, first, len(run), slot_for, self.layout, self.allow_pipe,
                                              self._crcs.get(url)):
             if isinstance(result, Exception):
                 self.policy.handle(_as_data_error(result, self.policy), lost=n)
@@ -396,7 +394,7 @@ class ShardLoader:
         rings = None
         if self.config.num_workers == 0:
             dataset = _WorkerDataset(self, self.epoch, starts, rotation)
-            pooled = reads_on_threads(self.spec.fixed_layout, [sh.url for sh in self.spec.shards],
+            pooled = reads_on_threads(RecordLayout.of(self.spec), [sh.url for sh in self.spec.shards],
                                       self.config.read_threads)
             ahead = 0 if pooled else self.config.prefetch   # the read threads read ahead themselves
             source = read_ahead(dataset, ahead) if ahead else iter(dataset)

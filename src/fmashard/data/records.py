@@ -16,6 +16,7 @@ import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,21 @@ from fmashard.data.collate import LABEL, TRACK_ID, VALID
 from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
 from fmashard.format.tar import BLOCK, PREAMBLE, track_id_of
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """What a reader needs to know of a split's records: the audio member's size and extension, and the
+    bytes of one record (fmashard's fixed layout when `fixed`)."""
+
+    sample_bytes: int
+    audio_ext: str
+    record_bytes: int
+    fixed: bool
+
+    @classmethod
+    def of(cls, spec) -> RecordLayout:
+        return cls(spec.sample_bytes, spec.audio_ext, spec.record_bytes, spec.fixed_layout)
 
 
 class LocalShard:
@@ -96,8 +112,7 @@ class LocalShards:
     and closed after the last batch that reads from it.  Where things are is worked out once, with numpy,
     so a batch costs a few list lookups in Python (`jobs`), not a numpy call per record."""
 
-    def __init__(self, segments, batches: list, record_bytes: int, sample_bytes: int, audio_ext: str,
-                 crcs: dict):
+    def __init__(self, segments, batches: list, layout: RecordLayout, crcs: dict):
         starts = np.cumsum([0] + [seg.count for seg in segments])
         firsts = np.array([seg.first for seg in segments], dtype=np.int64)
         ordinals = np.concatenate(batches or [[]]).astype(np.int64)
@@ -110,7 +125,8 @@ class LocalShards:
         self.closes = {}
         for shard, b in enumerate(last.tolist()):
             self.closes.setdefault(b, []).append(shard)
-        self.segments, self.args, self.crcs, self.files = segments, (record_bytes, sample_bytes, audio_ext), crcs, {}
+        self.segments, self.crcs, self.files = segments, crcs, {}
+        self.args = (layout.record_bytes, layout.sample_bytes, layout.audio_ext)
         self.lost: dict[int, int] = {}    # shards that could not be opened: their records still to read
 
     def jobs(self, batch: int, chunk: int, policy) -> list:
@@ -171,19 +187,20 @@ def check_audio(sample, slot, url: str, crcs, index: int):
     return CorruptSampleError(url, sample.key, "audio bytes differ from what the build wrote (crc32 mismatch)")
 
 
-def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes: int, audio_ext: str,
-                        record_bytes: int, allow_pipe: bool = False, crcs=None):
+def iter_stream_records(url: str, first: int, count: int, slot_for, layout: RecordLayout,
+                        allow_pipe: bool = False, crcs=None):
     """Records first .. first+count-1 of a shard, over one stream (one ranged request): yields
     (result, n) pairs, result a Sample or the error (a DataError, or the StorageError of a read that
     outlasted its retries) standing for the next n records.  `slot_for(i)` gives record i's slot, asked
     just before it is read; with `crcs`, each sample's audio is checked against them (`check_audio`).
     A damaged header costs its record (the stream is reopened at the next one); a truncated shard or a
     storage error costs the rest (one pair)."""
+    record_bytes = layout.record_bytes
     done, end = 0, (first + count) * record_bytes
     while done < count:
         try:
             with storage.open_stream(url, (first + done) * record_bytes, end, allow_pipe=allow_pipe) as stream:
-                reader = RecordReader(stream, url, sample_bytes, audio_ext, record_bytes)
+                reader = RecordReader(stream, url, layout.sample_bytes, layout.audio_ext, record_bytes)
                 while done < count:
                     slot = slot_for(done)
                     try:
@@ -205,20 +222,20 @@ def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes
             return
 
 
-def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_ext: str, record_bytes: int,
-                   allow_pipe: bool = False, crcs=None) -> list:
+def stream_records(url: str, first: int, slots: list, layout: RecordLayout, allow_pipe: bool = False,
+                   crcs=None) -> list:
     """A read-thread job: `iter_stream_records` into `slots`, one result per record (an error that
     costs several records is the same object for each)."""
-    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, sample_bytes,
-                                                        audio_ext, record_bytes, allow_pipe, crcs) for _ in range(n)]
+    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, layout,
+                                                        allow_pipe, crcs) for _ in range(n)]
 
 
-def reads_on_threads(fixed_layout: bool, urls, read_threads: int) -> bool:
+def reads_on_threads(layout: RecordLayout, urls, read_threads: int) -> bool:
     """Whether a worker's reads go on its read threads, which then read ahead by themselves: only
     records of the fixed layout (`WorkerStream._gathered`, ranged jobs) on storage that can open at an
     offset (a pipe cannot), and only with more than one thread.  Anything else is read in the loader's
     thread, where read-ahead (`read_ahead`) is what overlaps the reads with the consumer."""
-    return fixed_layout and read_threads > 1 and all(storage.backend_for(url).seekable for url in urls)
+    return layout.fixed and read_threads > 1 and all(storage.backend_for(url).seekable for url in urls)
 
 
 class ParallelReads:
