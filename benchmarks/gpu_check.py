@@ -70,7 +70,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fmashard.bench.config import BenchConfig
-from fmashard.bench.loaders import fmashard_pass, raw_read
+from fmashard.bench.loaders import RawPass, fmashard_pass
 from fmashard.bench.naive import NaiveFileDataset
 from fmashard.bench.report import environment as bench_environment
 from fmashard.bench.runner import LoaderResult, summarize
@@ -136,7 +136,7 @@ def measure_rows(ctx, settings: dict) -> dict:
 
 
 def host_part(ctx) -> dict:
-    raw = measure_rows(ctx, {(("loader", "raw"),): lambda: partial(raw_read, ctx.spec, ctx.plan.tracks)})["best"]
+    raw = measure_rows(ctx, {(("loader", "raw"),): lambda: RawPass(ctx.spec, ctx.plan.tracks)})["best"]
     out = measure_rows(ctx, {(("loader", "fmashard-host"), ("read_threads", t), ("workers", w)):
                              partial(ShardPass, ctx.spec, ctx.plan, t, w, ctx.device, False)
                              for t in ctx.plan.threads for w in ctx.plan.workers})

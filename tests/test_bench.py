@@ -326,3 +326,27 @@ def test_latency_proxy_link_cap_sets_the_transfer_time(monkeypatch):
             assert time.perf_counter() - began >= 0.9 * (len(body) - (1 << 20)) / 8e6   # the last 1-MB chunk: free
     finally:
         server.shutdown()
+
+
+def test_raw_is_a_plain_read_loop_of_the_tracks_bytes_into_one_reused_buffer(tmp_path, monkeypatch):
+    """raw reads each shard up to the limit's records and not a byte more, with one buffer for all passes."""
+    import io
+
+    from fmashard.bench import loaders
+    from fmashard.data.sources import resolve_source
+    from synth_shards import write_synthetic_shards
+
+    assert loaders.read_exactly(io.BytesIO(bytes(100)), memoryview(bytearray(7)), 45) == 45
+    assert loaders.read_exactly(io.BytesIO(bytes(30)), memoryview(bytearray(7)), 45) == 30
+    write_synthetic_shards(tmp_path, [3, 4], clip_samples=500)
+    spec = resolve_source(tmp_path)
+    got = []
+    real = loaders.read_exactly
+    monkeypatch.setattr(loaders, "read_exactly", lambda f, buf, n: got.append((id(buf), real(f, buf, n))) or n)
+    raw = loaders.RawPass(spec, limit=5)
+    first, second = raw(), raw()
+    assert first.tracks == second.tracks == 5
+    assert [n for _, n in got] == [3 * spec.record_bytes, 2 * spec.record_bytes] * 2
+    assert len({b for b, _ in got}) == 1
+    size, why = loaders.raw_read_size()
+    assert 64 << 10 <= size <= 1 << 20 and "KiB" in why

@@ -125,3 +125,43 @@ def test_a_tar_without_audio_is_not_an_fmashard_shard(tmp_path):
     (tmp_path / "x.tar").write_bytes(member_header("000001.wav", 4) + bytes(512) + bytes(1024))
     with pytest.raises(DataError, match=r"key 000001: first sample has no \.pcm or \.f16 or \.mulaw8 member"):
         resolve_source(str(tmp_path / "x.tar"))
+
+
+def test_the_writers_fast_check_answers_as_the_field_by_field_parser_for_any_one_byte_changed(tmp_path):
+    """`_writer_preamble` (byte comparisons, no numpy) gives `_any_preamble`'s answer or none at all,
+    on a real preamble and on it with any one byte changed (names, sizes, checksums, padding, label)."""
+    from fmashard.data.tarstream import _any_preamble, _writer_preamble, parse_preamble
+
+    data, _ = shard(tmp_path, count=2)
+    good = bytes(data[:PREAMBLE])
+    assert _writer_preamble(good, SAMPLE_BYTES, b".pcm") == _any_preamble(good, SAMPLE_BYTES, b".pcm") is not None
+    answered = 0
+    for at in range(PREAMBLE):
+        for flip in (0x01, 0x10, 0x80):
+            pre = bytearray(good)
+            pre[at] ^= flip
+            pre = bytes(pre)
+            fast, general = _writer_preamble(pre, SAMPLE_BYTES, b".pcm"), _any_preamble(pre, SAMPLE_BYTES, b".pcm")
+            assert fast is None or fast == general, (at, flip)
+            assert parse_preamble(pre, SAMPLE_BYTES, b".pcm") == general, (at, flip)
+            answered += fast is not None
+    assert answered > 0     # a label digit or the .json text changed: still a record, still answered fast
+
+
+def test_headers_not_the_writers_but_intact_go_to_the_field_by_field_parser():
+    """Another mtime (any tar tool's header): not the writer's bytes, still parsed the same way."""
+    import tarfile
+
+    from fmashard.data.tarstream import _writer_preamble, parse_preamble
+
+    def header(name, size):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime = size, 1_700_000_000
+        return info.tobuf(tarfile.USTAR_FORMAT)
+    pre = (header("dir/000007.cls", 1) + b"3".ljust(512, b"\0") + header("dir/000007.json", 2)
+           + b"{}".ljust(512, b"\0") + header("dir/000007.pcm", SAMPLE_BYTES))
+    assert _writer_preamble(pre, SAMPLE_BYTES, b".pcm") is None
+    assert parse_preamble(pre, SAMPLE_BYTES, b".pcm") == ("dir/000007", 3)
+    mine = (member_header("dir/000007.cls", 1) + b"3".ljust(512, b"\0") + member_header("dir/000007.json", 2)
+            + b"{}".ljust(512, b"\0") + member_header("dir/000007.pcm", SAMPLE_BYTES))
+    assert _writer_preamble(mine, SAMPLE_BYTES, b".pcm") == ("dir/000007", 3)

@@ -1,7 +1,8 @@
 """What `fmashard bench` runs: the loader names and its typed, frozen config.
 
-  raw                the physical limit: sequential `readinto` of the same shard files (for URLs: GETs of
-                     the same objects with the same client), no parsing at all
+  raw                the physical limit: a plain sequential `readinto` loop over the same shard files into
+                     one reused buffer (half a core's L2, at most 1 MiB; for URLs: GETs of the same objects
+                     with the same client), no parsing at all
   fmashard-host      fmashard's host path: shard bytes -> collated (B, N) int16 batch buffer
   fmashard-host-crc  the same with `check_crc`: each sample's audio checked against the build's crc32
   fmashard           fmashard's full path: the same + decode and windowing on the device -> (B*W, 1, L) float

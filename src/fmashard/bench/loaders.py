@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -38,22 +39,54 @@ class BenchData:
     sizes: dict = field(default_factory=dict)   # mean bytes per track of each naive dataset
 
 
-def raw_read(spec, limit: int) -> TimedPass:
-    """Sequential reads of the same shard bytes the loaders parse: the physical limit."""
-    buf = bytearray(8 << 20)
+def raw_read_size() -> tuple[int, str]:
+    """(read size, why) of the raw loop, chosen from this machine: half a core's L2 cache, at most 1 MiB.
+    A buffer that stays in L2 takes the page-cache copy at full speed; on the 2-core Xeon of issue 27
+    (2 MiB L2) reads of 64 KiB-1 MiB ran alike and 8 MiB ones (the old raw) at 87-95 % of them
+    (benchmarks/read_path.py)."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip().upper()
+        l2 = int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
+    except (OSError, ValueError):
+        return 256 << 10, "256 KiB (L2 size unknown)"
+    size = max(64 << 10, min(1 << 20, l2 // 2))
+    return size, f"{size >> 10} KiB (half of this CPU's {l2 >> 10} KiB L2 per core)"
 
-    def chunks():
-        left = limit
-        for shard in spec.shards:
+
+class RawPass:
+    """The physical limit: a plain sequential `readinto` loop over each shard, up to the bytes of the
+    tracks the other loaders read, into one buffer reused by every pass (`raw_read_size`).  Local shards
+    are plain unbuffered files; URLs are read through the same client the loaders use."""
+
+    def __init__(self, spec, limit: int):
+        self.spec, self.limit = spec, limit
+        self.size, self.why = raw_read_size()
+        self.buf = memoryview(bytearray(self.size))
+
+    def __call__(self) -> TimedPass:
+        return timed(self._shards(), lambda n: n, self.spec.record_bytes, self.limit)
+
+    def _shards(self):
+        left = self.limit
+        for shard in self.spec.shards:
             take = min(shard.num_samples, left)
-            with storage.open_stream(shard.url, 0, take * spec.record_bytes) as stream:
-                while stream.readinto(buf):
-                    pass
+            with (storage.open_local(shard.url) if storage.backend_for(shard.url).local else
+                  storage.open_stream(shard.url, 0, take * self.spec.record_bytes)) as f:
+                read_exactly(f, self.buf, take * self.spec.record_bytes)
             yield take
             left -= take
             if not left:
                 return
-    return timed(chunks(), lambda n: n, spec.record_bytes, limit)
+
+
+def read_exactly(f, buf: memoryview, nbytes: int) -> int:
+    """`readinto` of `buf` until `nbytes` have been read or the file ends; the bytes read."""
+    done, size = 0, len(buf)
+    while done + size <= nbytes and (n := f.readinto(buf)):
+        done += n
+    while done < nbytes and (n := f.readinto(buf[:nbytes - done])):
+        done += n
+    return done
 
 
 def _sync(device):
@@ -112,7 +145,7 @@ def _naive(name: str, data: BenchData, workers: int):
 
 
 RUNNERS = {
-    "raw": lambda data, workers: partial(raw_read, data.spec, data.limit),
+    "raw": lambda data, workers: RawPass(data.spec, data.limit),
     "fmashard-host": lambda data, workers: FmashardPass(data.spec, data.config, workers, data.device, False,
                                                         data.limit),
     "fmashard-host-crc": lambda data, workers: FmashardPass(data.spec, data.config, workers, data.device, False,

@@ -68,7 +68,7 @@ def method_line(report: dict, device) -> str:
     return (f"{report['results'][0]['tracks']} tracks of the {config['split']} split, batch {config['batch_size']}, "
             f"{config['rounds']} interleaved rounds after a warm-up (in each a loader repeats its pass until "
             f"{config['min_seconds']:g} s have passed); torch threads {report['environment']['torch_threads']}; "
-            f"{where}")
+            f"{where}" + (f"; {report['raw_read']}" if "raw_read" in report else ""))
 
 
 def fmt(stat: dict, digits: int = 0) -> str:
@@ -96,7 +96,7 @@ def print_table(report: dict, console=None) -> None:
     for row in report["results"]:
         table.add_row(row["loader"], str(row["workers"]), fmt(row["tracks_per_s"]), _median(row, "windows_per_s"),
                       _median(row, "mb_per_s"), _median(row, "first_batch_s", 3),
-                      f"{row['cpu_s_per_track']['median'] * 1e3:.1f}",
+                      f"{row['cpu_s_per_track']['median'] * 1e3:.2f}",
                       f"{row.get('main_cpu_s_per_track', row['cpu_s_per_track'])['median'] * 1e3:.2f}",
                       _median(row, "rss_added_mb"),
                       _ratio(row, "x_naive"), _ratio(row, "x_naive_mp3"), _ratio(row, "x_naive_logmel"),

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from fmashard.bench.config import BenchConfig, with_resolved_loaders
-from fmashard.bench.loaders import make_runners
+from fmashard.bench.loaders import make_runners, raw_read_size
 from fmashard.bench.model import model_throughput
 from fmashard.bench.report import environment, method_line
 from fmashard.bench.timing import TimedPass, measure
@@ -86,6 +86,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     add_ratios(rows)
     report = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
               "environment": environment(), "results": rows}
+    if "raw" in config.loaders:
+        report["raw_read"] = f"raw: a plain readinto loop, one reused buffer of {raw_read_size()[1]}"
     report["method"] = method_line(report, resolve_device(config.device))
     if config.with_model:
         report["model"] = model_throughput(config)

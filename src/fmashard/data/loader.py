@@ -19,13 +19,22 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from fmashard import storage
 from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers, finish_batch, row_bytes
 from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.data.records import LocalShard, ParallelReads, iter_stream_records, read_ahead, stream_records
+from fmashard.data.records import (
+    LocalShards,
+    ParallelReads,
+    RecordLayout,
+    iter_stream_records,
+    read_ahead,
+    read_rows,
+    reads_on_threads,
+    stream_records,
+)
 from fmashard.data.shm import RingBatch, SharedRing, ring_size
-from fmashard.errors import DataError, ErrorPolicy, StorageError, UserError, log
+from fmashard.errors import DataError, ErrorPolicy, UserError, log
 from fmashard.format.spec import DatasetSpec
 from fmashard.format.tar import track_id_of
 
-READ_CHUNK = 4     # local shards: consecutive records per read-thread job (one preadv)
+READ_CHUNK = 4     # local shards: records of one batch per read-thread job (one preadv each)
 STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
 
 
@@ -77,17 +86,24 @@ class WorkerStream:
         self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
         self._crcs = {sh.url: sh.crc32 for sh in spec.shards} if check_crc else {}
         self._reported = policy.num_skipped
-        self._fixed = spec.fixed_layout
+        self.layout = RecordLayout.of(spec)
+        # local shards of the fixed layout are read batch by batch (_gathered), anything else as it streams by
+        self._gather = self.layout.fixed and all(storage.backend_for(seg.url).local for seg in plan.segments)
         self._reads: ParallelReads | None = None
 
     def __iter__(self):
-        self._reads = ParallelReads(self.read_threads, depth=2 * self.read_threads)
+        # _gathered: one job per thread in flight, so 3 batch buffers take turns (the one read into, the
+        # next, the consumer's) and stay in the CPU cache; 4 or more measured 1.1-1.25x the CPU per track
+        self._reads = ParallelReads(self.read_threads, depth=(1 if self._gather else 2) * self.read_threads)
         try:
             yield from self._batches()
         finally:
             self._reads.close()
 
     def _batches(self):
+        if self._gather:
+            yield from self._gathered()
+            return
         bp = self.plan.batches
         cut = bp.cut_ordinal(self.start)
         emitted = {b for b, _, _ in bp.full[: self.start]}
@@ -100,6 +116,37 @@ class WorkerStream:
                 nxt += 1
                 yield finish_batch(*self.buffers.take(buffer, size), self._skipped_since())
         self.buffers.live.clear()
+
+    def _gathered(self):
+        """Local shards: each batch's records read when it is next, into a buffer just given back (still in
+        the CPU cache), READ_CHUNK records a job: not into the ~100 MB of pending buffers as the file goes
+        by, which the cache no longer holds (1.25x the CPU per track: benchmarks/README.md, issue 27).  Same
+        batches and order."""
+        bp, members = self.plan.batches, self.plan.batches.members()
+        todo = bp.full[self.start:]
+        shards = LocalShards(self.plan.segments, [members[buffer] for buffer, _, _ in todo], self.layout, self._crcs)
+        try:
+            for n, (buffer, _, size) in enumerate(todo):
+                slots, metas = zip(*(self.buffers.slot(buffer, s) for s in bp.slot_of[members[buffer]].tolist()))
+                for at, records in shards.jobs(n, READ_CHUNK, self.policy):
+                    last = (n, buffer, size) if at + READ_CHUNK >= size else None
+                    for tag, read in self._reads.submit((at, last), read_rows, records, slots[at:at + READ_CHUNK],
+                                                        metas[at:at + READ_CHUNK]):
+                        yield from self._finish(tag, read, shards)
+            for tag, read in self._reads.drain():
+                yield from self._finish(tag, read, shards)
+        finally:
+            self._reads.close_pending()
+            shards.close()
+
+    def _finish(self, tag, read, shards: LocalShards):
+        """Settle one job of _gathered (its failed records to the policy); after a batch's last, the batch."""
+        for _, exc in read.result():
+            self.policy.handle(_as_data_error(exc, self.policy))
+        if tag[1] is not None:
+            n, buffer, size = tag[1]
+            shards.done(n)
+            yield finish_batch(*self.buffers.take(buffer, size), self._skipped_since())
 
     def _skipped_since(self) -> int:
         now = self.policy.num_skipped
@@ -123,12 +170,8 @@ class WorkerStream:
 
     def _read_run(self, run: list[int]):
         seg, first = self.plan.locate(run[0])
-        backend = storage.backend_for(seg.url)
-        if self._fixed and backend.local:
-            yield from self._read_local(seg.url, first, run)
-        elif self._fixed and self.read_threads > 1 and backend.seekable:
-            job = partial(stream_records, seg.url, sample_bytes=self.spec.sample_bytes, audio_ext=self.spec.audio_ext,
-                          record_bytes=self.spec.record_bytes, allow_pipe=self.allow_pipe,
+        if reads_on_threads(self.layout, [seg.url], self.read_threads):   # http/s3 (local shards: _gathered)
+            job = partial(stream_records, seg.url, layout=self.layout, allow_pipe=self.allow_pipe,
                           crcs=self._crcs.get(seg.url))
             yield from self._read_jobs(job, first, run, STREAM_CHUNK)
         else:
@@ -142,8 +185,7 @@ class WorkerStream:
             slot, metas[i] = self.buffers.slot(int(bp.buffer_of[run[i]]), int(bp.slot_of[run[i]]))
             return slot
         done = 0
-        for result, n in iter_stream_records(url, first, len(run), slot_for, self.spec.sample_bytes,
-                                             self.spec.audio_ext, self.spec.record_bytes, self.allow_pipe,
+        for result, n in iter_stream_records(url, first, len(run), slot_for, self.layout, self.allow_pipe,
                                              self._crcs.get(url)):
             if isinstance(result, Exception):
                 self.policy.handle(_as_data_error(result, self.policy), lost=n)
@@ -152,22 +194,6 @@ class WorkerStream:
                 meta[LABEL], meta[TRACK_ID], meta[VALID] = result.label, track_id_of(result.key), 1
             yield from run[done:done + n]
             done += n
-
-    def _read_local(self, url: str, first: int, run: list[int]):
-        """Local shard: records read in place (`records.LocalShard`), a few at once."""
-        try:
-            shard = LocalShard(url, self.spec.record_bytes, self.spec.sample_bytes, self.spec.audio_ext,
-                               self._crcs.get(url))
-        except StorageError as exc:
-            if self.policy.mode == "raise":
-                raise
-            self.policy.handle(DataError(url, None, str(exc)), lost=len(run))
-            yield from run
-            return
-        try:
-            yield from self._read_jobs(shard.read_many, first, run, READ_CHUNK)
-        finally:
-            shard.close()
 
     def _read_jobs(self, job, first: int, run: list[int], chunk: int):
         """The run in chunks of consecutive records, each a job(first record, slots) for the read
@@ -376,7 +402,8 @@ class ShardLoader:
         rings = None
         if self.config.num_workers == 0:
             dataset = _WorkerDataset(self, self.epoch, starts, rotation)
-            pooled = self.config.read_threads > 1 and not any(sh.url.startswith("pipe:") for sh in self.spec.shards)
+            pooled = reads_on_threads(RecordLayout.of(self.spec), [sh.url for sh in self.spec.shards],
+                                      self.config.read_threads)
             ahead = 0 if pooled else self.config.prefetch   # the read threads read ahead themselves
             source = read_ahead(dataset, ahead) if ahead else iter(dataset)
         else:

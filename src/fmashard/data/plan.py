@@ -83,6 +83,12 @@ class BatchPlan:
         """Last ordinal that had arrived when `done` batches had been emitted."""
         return self.full[done - 1][1] if done else -1
 
+    def members(self) -> dict[int, np.ndarray]:
+        """{buffer: its ordinals in slot order} (a buffer's slots fill in the order its samples arrive)."""
+        order = np.argsort(self.buffer_of, kind="stable")
+        ids, starts = np.unique(self.buffer_of[order], return_index=True)
+        return dict(zip(ids.tolist(), np.split(order, starts[1:])))
+
 
 def make_batch_plan(n: int, batch_size: int, buffers: int, rng: np.random.Generator,
                     drop_last: bool) -> BatchPlan:

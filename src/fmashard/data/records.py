@@ -1,12 +1,12 @@
 """Samples stage, local shards: records read in place, several at once.
 
-fmashard records have a fixed size, so sample i of a local shard starts at byte i * record_bytes.  A
-job of a small thread pool reads a few consecutive records with one `preadv`: the five small blocks of
-each (headers, label, metadata) to a scratch buffer, the audio straight into its batch slot.  `preadv`
-needs no shared file position and releases the GIL, so the threads copy from the page cache at once;
-one thread alone leaves much of the memory bandwidth unused (benchmarks/README.md).  The headers are
-checked after the copy; a record the fast parse does not recognise is read again by the general
-parser, which names the fault.
+fmashard records have a fixed size, so sample i of a local shard starts at byte i * record_bytes.  The
+loader reads a batch's records when that batch is next (`LocalShards`), into a buffer just given back,
+which the CPU cache still holds.  A job of a small thread pool (`read_rows`) reads a few of them, one
+`preadv` each: the five small blocks of a record (headers, label, metadata) to a scratch buffer, the
+audio straight into its batch slot.  `preadv` needs no shared file position and releases the GIL, so
+the threads copy from the page cache at once.  The headers are checked after the copy; a record the
+fast parse does not recognise is read again by the general parser, which names the fault.
 """
 from __future__ import annotations
 
@@ -16,11 +16,30 @@ import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
 
 from fmashard import storage
+from fmashard.data.collate import LABEL, TRACK_ID, VALID
 from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.format.tar import BLOCK, PREAMBLE
+from fmashard.format.tar import BLOCK, PREAMBLE, track_id_of
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """What a reader needs to know of a split's records: the audio member's size and extension, and the
+    bytes of one record (fmashard's fixed layout when `fixed`)."""
+
+    sample_bytes: int
+    audio_ext: str
+    record_bytes: int
+    fixed: bool
+
+    @classmethod
+    def of(cls, spec) -> RecordLayout:
+        return cls(spec.sample_bytes, spec.audio_ext, spec.record_bytes, spec.fixed_layout)
 
 
 class LocalShard:
@@ -54,17 +73,23 @@ class LocalShard:
         for pre, slot in zip(pres, slots):
             iov += [pre, slot, self.pad] if len(self.pad) else [pre, slot]
         got = os.preadv(self.fd, iov, first * self.rb)
-        out = []
-        for i, (pre, slot) in enumerate(zip(pres, slots)):
-            head = None
-            if got >= (i + 1) * self.rb - len(self.pad):
-                head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix)
-            try:
-                sample = Sample(head[0], head[1], True) if head else self.read(first + i, slot)
-            except DataError as exc:
-                sample = exc
-            out.append(check_audio(sample, slot, self.url, self.crcs, first + i))
-        return out
+        return [self.sample(first + i, pre, slot, got >= (i + 1) * self.rb - len(self.pad))
+                for i, (pre, slot) in enumerate(zip(pres, slots))]
+
+    def read_one(self, index: int, pre, slot) -> Sample | DataError:
+        """Record `index` by one preadv (its headers into `pre`, reused scratch): `read_many` of one."""
+        iov = [pre, slot, self.pad] if len(self.pad) else [pre, slot]
+        return self.sample(index, pre, slot, os.preadv(self.fd, iov, index * self.rb) >= self.rb - len(self.pad))
+
+    def sample(self, index: int, pre, slot, complete: bool) -> Sample | DataError:
+        """The result of a record whose preamble and audio were read into `pre` and `slot` (`complete`:
+        all its bytes came); a record the fast parse does not recognise is read again on its own."""
+        head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix) if complete else None
+        try:
+            sample = Sample(head[0], head[1], True) if head else self.read(index, slot)
+        except DataError as exc:
+            sample = exc
+        return check_audio(sample, slot, self.url, self.crcs, index)
 
     def read_general(self, index: int, slot) -> Sample:
         """Any other record: the general parser over its bytes, which names what is wrong."""
@@ -81,6 +106,79 @@ class LocalShard:
         self.file.close()
 
 
+class LocalShards:
+    """The local shards a worker's batches are read from, batch by batch: where each record of
+    `batches` (one array of ordinals per batch, in slot order) lies, each shard opened when first needed
+    and closed after the last batch that reads from it.  Where things are is worked out once, with numpy,
+    so a batch costs a few list lookups in Python (`jobs`), not a numpy call per record."""
+
+    def __init__(self, segments, batches: list, layout: RecordLayout, crcs: dict):
+        starts = np.cumsum([0] + [seg.count for seg in segments])
+        firsts = np.array([seg.first for seg in segments], dtype=np.int64)
+        ordinals = np.concatenate(batches or [[]]).astype(np.int64)
+        k = np.searchsorted(starts, ordinals, side="right") - 1
+        index = ordinals - starts[k] + firsts[k]                        # record within its shard
+        cuts = np.cumsum([len(b) for b in batches])[:-1]
+        self.where = [list(zip(*pair)) for pair in zip(np.split(k, cuts), np.split(index, cuts))]
+        last = np.full(len(segments), -1)
+        last[k] = np.repeat(np.arange(len(batches)), [len(b) for b in batches])  # the last batch wins
+        self.closes = {}
+        for shard, b in enumerate(last.tolist()):
+            self.closes.setdefault(b, []).append(shard)
+        self.segments, self.crcs, self.files = segments, crcs, {}
+        self.args = (layout.record_bytes, layout.sample_bytes, layout.audio_ext)
+        self.lost: dict[int, int] = {}    # shards that could not be opened: their records still to read
+
+    def jobs(self, batch: int, chunk: int, policy) -> list:
+        """Batch `batch`'s records as jobs of `chunk`: (slot of its first, [(LocalShard or None, index)]).
+        A shard that cannot be opened raises its StorageError (on_error raise), else costs its records of
+        this and later batches, counted once, at the first batch that needs it."""
+        where = [(self._open(int(k), batch, policy), int(i)) for k, i in self.where[batch]]
+        return [(at, where[at:at + chunk]) for at in range(0, len(where), chunk)]
+
+    def _open(self, k: int, batch: int, policy) -> LocalShard | None:
+        if k not in self.files:
+            url = self.segments[k].url
+            try:
+                self.files[k] = LocalShard(url, *self.args, self.crcs.get(url))
+            except StorageError as exc:
+                if policy.mode == "raise":
+                    raise
+                self.files[k] = None
+                lost = sum(kk == k for w in self.where[batch:] for kk, _ in w)
+                policy.handle(DataError(url, None, str(exc)), lost=lost)
+        return self.files[k]
+
+    def done(self, batch: int) -> None:
+        """Batch `batch` is read: close the shards no later batch reads from."""
+        for k in self.closes.get(batch, ()):
+            shard = self.files.pop(k, None)
+            if shard is not None:
+                shard.close()
+
+    def close(self) -> None:
+        for shard in self.files.values():
+            if shard is not None:
+                shard.close()
+        self.files.clear()
+
+
+def read_rows(records: list, slots: list, metas: list) -> list:
+    """A read-thread job: records anywhere in local shards ((LocalShard or None, index) each), one
+    `preadv` each, audio into `slots`, label/track id/valid into their `metas` rows.  Returns
+    [(position, DataError)] of the records that failed (None shards: counted when found, left invalid)."""
+    pre, failed = bytearray(PREAMBLE), []
+    for i, ((shard, index), slot, meta) in enumerate(zip(records, slots, metas)):
+        if shard is None:
+            continue
+        sample = shard.read_one(index, pre, slot)
+        if isinstance(sample, Sample):
+            meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
+        else:
+            failed.append((i, sample))
+    return failed
+
+
 def check_audio(sample, slot, url: str, crcs, index: int):
     """`sample`, or a CorruptSampleError if the audio in `slot` is not what the build wrote: its crc32
     differs from `crcs[index]` (crcs None: unchecked).  zlib releases the GIL over large buffers."""
@@ -89,19 +187,20 @@ def check_audio(sample, slot, url: str, crcs, index: int):
     return CorruptSampleError(url, sample.key, "audio bytes differ from what the build wrote (crc32 mismatch)")
 
 
-def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes: int, audio_ext: str,
-                        record_bytes: int, allow_pipe: bool = False, crcs=None):
+def iter_stream_records(url: str, first: int, count: int, slot_for, layout: RecordLayout,
+                        allow_pipe: bool = False, crcs=None):
     """Records first .. first+count-1 of a shard, over one stream (one ranged request): yields
     (result, n) pairs, result a Sample or the error (a DataError, or the StorageError of a read that
     outlasted its retries) standing for the next n records.  `slot_for(i)` gives record i's slot, asked
     just before it is read; with `crcs`, each sample's audio is checked against them (`check_audio`).
     A damaged header costs its record (the stream is reopened at the next one); a truncated shard or a
     storage error costs the rest (one pair)."""
+    record_bytes = layout.record_bytes
     done, end = 0, (first + count) * record_bytes
     while done < count:
         try:
             with storage.open_stream(url, (first + done) * record_bytes, end, allow_pipe=allow_pipe) as stream:
-                reader = RecordReader(stream, url, sample_bytes, audio_ext, record_bytes)
+                reader = RecordReader(stream, url, layout.sample_bytes, layout.audio_ext, record_bytes)
                 while done < count:
                     slot = slot_for(done)
                     try:
@@ -123,12 +222,20 @@ def iter_stream_records(url: str, first: int, count: int, slot_for, sample_bytes
             return
 
 
-def stream_records(url: str, first: int, slots: list, sample_bytes: int, audio_ext: str, record_bytes: int,
-                   allow_pipe: bool = False, crcs=None) -> list:
+def stream_records(url: str, first: int, slots: list, layout: RecordLayout, allow_pipe: bool = False,
+                   crcs=None) -> list:
     """A read-thread job: `iter_stream_records` into `slots`, one result per record (an error that
     costs several records is the same object for each)."""
-    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, sample_bytes,
-                                                        audio_ext, record_bytes, allow_pipe, crcs) for _ in range(n)]
+    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, layout,
+                                                        allow_pipe, crcs) for _ in range(n)]
+
+
+def reads_on_threads(layout: RecordLayout, urls, read_threads: int) -> bool:
+    """Whether a worker's reads go on its read threads, which then read ahead by themselves: only
+    records of the fixed layout (`WorkerStream._gathered`, ranged jobs) on storage that can open at an
+    offset (a pipe cannot), and only with more than one thread.  Anything else is read in the loader's
+    thread, where read-ahead (`read_ahead`) is what overlaps the reads with the consumer."""
+    return layout.fixed and read_threads > 1 and all(storage.backend_for(url).seekable for url in urls)
 
 
 class ParallelReads:

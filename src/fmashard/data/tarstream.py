@@ -13,7 +13,7 @@ import numpy as np
 
 from fmashard.errors import CorruptSampleError, DataError, TruncatedShardError
 from fmashard.format.codecs import SHARD_CODECS, get_codec, shard_codec_for_ext
-from fmashard.format.tar import BLOCK, PREAMBLE, Header, is_fixed_layout, padded, parse_header
+from fmashard.format.tar import BLOCK, PREAMBLE, Header, is_fixed_layout, member_header, padded, parse_header
 
 
 @dataclass
@@ -147,9 +147,16 @@ _HEADERS = (0, 2 * BLOCK, 4 * BLOCK)
 
 def parse_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, int] | None:
     """(key, label) when `pre` holds an intact fmashard preamble for a `sample_bytes` audio member;
-    None for anything else (the general parser then decides what is wrong)."""
+    None for anything else (the general parser then decides what is wrong).  Headers that are byte for
+    byte what fmashard's writer emits take `_writer_preamble` (no numpy call: issue 27); any other goes
+    through `_any_preamble`, which gives the same answer for those."""
     if len(pre) != PREAMBLE:
         return None
+    return _writer_preamble(pre, sample_bytes, suffix) or _any_preamble(pre, sample_bytes, suffix)
+
+
+def _any_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, int] | None:
+    """parse_preamble for any USTAR headers: checksums, sizes and names checked field by field."""
     sums = np.frombuffer(pre, np.uint8).reshape(5, BLOCK)[::2].sum(1, dtype=np.int64).tolist()
     names, sizes = [], []
     for at, total in zip(_HEADERS, sums):
@@ -172,6 +179,56 @@ def parse_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, i
     except (UnicodeDecodeError, ValueError):
         return None
     return key.decode("utf-8", "replace"), label
+
+
+_ZEROS = bytes(BLOCK)
+_NAME, _SIZE, _CHKSUM = slice(0, 100), slice(124, 135), slice(148, 154)   # what varies from record to record
+_writer_headers: dict[int, tuple] = {}
+
+
+def _writer_template(sample_bytes: int) -> tuple:
+    """The writer's three headers, each as (its bytes outside the varying fields, the checksum those
+    bytes add up to: all 512 but the checksum field, which counts as spaces)."""
+    if sample_bytes not in _writer_headers:
+        parts = []
+        for size in (0, 0, sample_bytes):
+            head = member_header("", size)
+            fixed = (head[100:124], head[135:148], head[154:]) if not size else (head[100:148], head[154:])
+            varying = sum(head[_SIZE]) if not size else 0
+            parts.append((fixed, sum(head) - sum(head[148:156]) - varying + 256))
+        _writer_headers[sample_bytes] = tuple(parts)
+    return _writer_headers[sample_bytes]
+
+
+def _writer_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, int] | None:
+    """parse_preamble's answer for headers that are the writer's (`member_header`) in every byte but the
+    names, the .cls/.json sizes and the checksums; None for any other (not necessarily damaged)."""
+    names, sizes = [], []
+    for at, (fixed, fixed_sum) in zip(_HEADERS, _writer_template(sample_bytes)):
+        head = pre[at:at + BLOCK]
+        varying = len(fixed) == 3
+        if fixed != ((head[100:124], head[135:148], head[154:]) if varying else (head[100:148], head[154:])):
+            return None
+        field = head[_NAME]
+        name = field.split(b"\0", 1)[0]
+        try:
+            size = int(head[_SIZE], 8) if varying else sample_bytes
+            stored = int(head[_CHKSUM], 8)
+        except ValueError:
+            return None
+        if (varying and not 0 <= size <= BLOCK) or field[len(name):] != _ZEROS[:100 - len(name)]:
+            return None
+        if stored != fixed_sum + sum(name) + (sum(head[_SIZE]) if varying else 0):
+            return None
+        names.append(name)
+        sizes.append(size)
+    key = names[0][:-4]
+    if names != [key + b".cls", key + b".json", key + suffix] or b"." in key.rsplit(b"/", 1)[-1]:
+        return None
+    try:
+        return key.decode("utf-8", "replace"), int(pre[BLOCK:BLOCK + sizes[0]].decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 class _Prefixed:
