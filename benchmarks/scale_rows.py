@@ -206,7 +206,7 @@ def walk(spec, plan) -> float:
     from fmashard.errors import ErrorPolicy
 
     class PlanWalk(WorkerStream):
-        def _read_run(self, run):
+        def _read_run(self, run, *where):
             yield from run
 
     stream = PlanWalk(spec, plan, ErrorPolicy("raise"), None)

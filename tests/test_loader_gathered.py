@@ -52,11 +52,11 @@ def test_local_shards_are_gathered_and_urls_stream(tmp_path):
     write_synthetic_shards(tmp_path, [3, 2], clip_samples=500)
     spec = resolve_source(tmp_path)
     plan = worker_plan(spec, PlanConfig(batch_size=2), 0, 0, 1, 0, 1)
-    assert WorkerStream(spec, plan, ErrorPolicy(), None)._gather
+    assert WorkerStream(spec, plan, ErrorPolicy(), None).reader.by_batch
     with FolderServer(tmp_path) as url:
         remote = resolve_source(url)
         assert not WorkerStream(remote, worker_plan(remote, PlanConfig(batch_size=2), 0, 0, 1, 0, 1),
-                                ErrorPolicy(), None)._gather
+                                ErrorPolicy(), None).reader.by_batch
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -95,6 +95,15 @@ class ErrorPolicy:
             self.examples.append(str(exc))
         log.warning("skipped: %s", exc)
 
+    def handle_read(self, exc: DataError | StorageError, lost: int = 1) -> None:
+        """`handle` for a failed read: a storage error that outlasted its retries stops the run as itself in
+        raise mode; in skip mode it costs the samples it made unreadable, like a data error."""
+        if not isinstance(exc, DataError):
+            if self.mode == "raise":
+                raise exc
+            exc = DataError(exc.url, None, str(exc).removeprefix(f"{exc.url}: "))
+        self.handle(exc, lost)
+
     @property
     def num_skipped(self) -> int:
         return sum(self.skipped.values())

@@ -90,6 +90,10 @@ class BatchBuffers:
         audio, meta, _ = self.live.pop(buffer)
         return audio[:size, : self.spec.clip_samples], meta[:size]
 
+    def finish(self, buffer: int, size: int, skipped: int) -> HostBatch:
+        """The HostBatch of a filled pending buffer (`take`, then `finish_batch`)."""
+        return finish_batch(*self.take(buffer, size), skipped)
+
 
 def finish_batch(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
     """A HostBatch from a filled buffer and its meta rows (META_COLUMNS); rows whose sample was

@@ -10,32 +10,19 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
+import threading
 from dataclasses import dataclass, fields
-from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fmashard import storage
-from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers, finish_batch, row_bytes
+from fmashard.data.collate import BatchBuffers, row_bytes
 from fmashard.data.plan import PlanConfig, WorkerPlan, batch_count, round_robin, worker_plan, worker_samples
-from fmashard.data.records import (
-    LocalShards,
-    ParallelReads,
-    RecordLayout,
-    iter_stream_records,
-    read_ahead,
-    read_rows,
-    reads_on_threads,
-    stream_records,
-)
+from fmashard.data.records import RecordLayout, SegmentReader, reads_on_threads
 from fmashard.data.shm import RingBatch, SharedRing, ring_size
-from fmashard.errors import DataError, ErrorPolicy, UserError, log
+from fmashard.errors import ErrorPolicy, UserError, log
 from fmashard.format.spec import DatasetSpec
-from fmashard.format.tar import track_id_of
-
-READ_CHUNK = 4     # local shards: records of one batch per read-thread job (one preadv each)
-STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
 
 
 @dataclass(frozen=True)
@@ -77,33 +64,26 @@ def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[
 
 
 class WorkerStream:
-    """Executes one worker's plan: stream samples into their slots, emit batches in plan order.
-    `start` batches of the plan were already delivered (resume)."""
+    """Executes one worker's plan: asks its `SegmentReader` for the samples of each run of the plan (or,
+    local shards, of each batch when it is next) and emits batches in plan order.  `start` batches of the
+    plan were already delivered (resume)."""
 
     def __init__(self, spec: DatasetSpec, plan: WorkerPlan, policy: ErrorPolicy, buffers: BatchBuffers,
                  start: int = 0, allow_pipe: bool = False, read_threads: int = 1, check_crc: bool = False):
-        self.spec, self.plan, self.policy, self.buffers = spec, plan, policy, buffers
-        self.start, self.allow_pipe, self.read_threads = start, allow_pipe, read_threads
-        self._crcs = {sh.url: sh.crc32 for sh in spec.shards} if check_crc else {}
+        self.spec, self.plan, self.policy, self.buffers, self.start = spec, plan, policy, buffers, start
         self._reported = policy.num_skipped
-        self.layout = RecordLayout.of(spec)
-        # local shards of the fixed layout are read batch by batch (_gathered), anything else as it streams by
-        self._gather = self.layout.fixed and all(storage.backend_for(seg.url).local for seg in plan.segments)
-        self._reads: ParallelReads | None = None
+        crcs = {sh.url: sh.crc32 for sh in spec.shards} if check_crc else {}
+        self.reader = SegmentReader(plan.segments, RecordLayout.of(spec), policy, buffers, read_threads, crcs,
+                                    allow_pipe)
 
     def __iter__(self):
-        # _gathered: one job per thread in flight, so 3 batch buffers take turns (the one read into, the
-        # next, the consumer's) and stay in the CPU cache; 4 or more measured 1.1-1.25x the CPU per track
-        self._reads = ParallelReads(self.read_threads, depth=(1 if self._gather else 2) * self.read_threads)
-        try:
-            yield from self._batches()
-        finally:
-            self._reads.close()
+        with self.reader:
+            if self.reader.by_batch:
+                yield from self._gathered(self.plan.batches.members())
+            else:
+                yield from self._batches()
 
     def _batches(self):
-        if self._gather:
-            yield from self._gathered()
-            return
         bp = self.plan.batches
         cut = bp.cut_ordinal(self.start)
         emitted = {b for b, _, _ in bp.full[: self.start]}
@@ -114,39 +94,17 @@ class WorkerStream:
             while nxt < len(bp.full) and bp.full[nxt][1] <= s:
                 buffer, _, size = bp.full[nxt]
                 nxt += 1
-                yield finish_batch(*self.buffers.take(buffer, size), self._skipped_since())
+                yield self.buffers.finish(buffer, size, self._skipped_since())
         self.buffers.live.clear()
 
-    def _gathered(self):
-        """Local shards: each batch's records read when it is next, into a buffer just given back (still in
-        the CPU cache), READ_CHUNK records a job: not into the ~100 MB of pending buffers as the file goes
-        by, which the cache no longer holds (1.25x the CPU per track: benchmarks/README.md, issue 27).  Same
-        batches and order."""
-        bp, members = self.plan.batches, self.plan.batches.members()
+    def _gathered(self, members: list):
+        """The reader's by-batch path (local shards): the batches still to deliver, each read when it is
+        next; same batches and order."""
+        bp = self.plan.batches
         todo = bp.full[self.start:]
-        shards = LocalShards(self.plan.segments, [members[buffer] for buffer, _, _ in todo], self.layout, self._crcs)
-        try:
-            for n, (buffer, _, size) in enumerate(todo):
-                slots, metas = zip(*(self.buffers.slot(buffer, s) for s in bp.slot_of[members[buffer]].tolist()))
-                for at, records in shards.jobs(n, READ_CHUNK, self.policy):
-                    last = (n, buffer, size) if at + READ_CHUNK >= size else None
-                    for tag, read in self._reads.submit((at, last), read_rows, records, slots[at:at + READ_CHUNK],
-                                                        metas[at:at + READ_CHUNK]):
-                        yield from self._finish(tag, read, shards)
-            for tag, read in self._reads.drain():
-                yield from self._finish(tag, read, shards)
-        finally:
-            self._reads.close_pending()
-            shards.close()
-
-    def _finish(self, tag, read, shards: LocalShards):
-        """Settle one job of _gathered (its failed records to the policy); after a batch's last, the batch."""
-        for _, exc in read.result():
-            self.policy.handle(_as_data_error(exc, self.policy))
-        if tag[1] is not None:
-            n, buffer, size = tag[1]
-            shards.done(n)
-            yield finish_batch(*self.buffers.take(buffer, size), self._skipped_since())
+        for n in self.reader.read_batches([(buffer, members[buffer]) for buffer, _, _ in todo], bp.slot_of):
+            buffer, _, size = todo[n]
+            yield self.buffers.finish(buffer, size, self._skipped_since())
 
     def _skipped_since(self) -> int:
         now = self.policy.num_skipped
@@ -160,79 +118,23 @@ class WorkerStream:
         if also is not None and also >= 0:
             yield also
         run: list[int] = []
+        where = None   # (segment, first record) of run[0]
         for s in ordinals:
-            if run and (s != run[-1] + 1 or self.plan.locate(s)[0] is not self.plan.locate(run[0])[0]):
-                yield from self._read_run(run)
+            if run and (s != run[-1] + 1 or self.plan.locate(s)[0] is not where[0]):
+                yield from self._read_run(run, *where)
                 run = []
+            if not run:
+                where = self.plan.locate(s)
             run.append(s)
         if run:
-            yield from self._read_run(run)
+            yield from self._read_run(run, *where)
 
-    def _read_run(self, run: list[int]):
-        seg, first = self.plan.locate(run[0])
-        if reads_on_threads(self.layout, [seg.url], self.read_threads):   # http/s3 (local shards: _gathered)
-            job = partial(stream_records, seg.url, layout=self.layout, allow_pipe=self.allow_pipe,
-                          crcs=self._crcs.get(seg.url))
-            yield from self._read_jobs(job, first, run, STREAM_CHUNK)
-        else:
-            yield from self._read_stream(seg.url, first, run)
-
-    def _read_stream(self, url: str, first: int, run: list[int]):
-        """One stream over the run, read in this thread (pipe: URLs, read_threads=1, other layouts)."""
-        bp, metas = self.plan.batches, {}
-
-        def slot_for(i):
-            slot, metas[i] = self.buffers.slot(int(bp.buffer_of[run[i]]), int(bp.slot_of[run[i]]))
-            return slot
-        done = 0
-        for result, n in iter_stream_records(url, first, len(run), slot_for, self.layout, self.allow_pipe,
-                                             self._crcs.get(url)):
-            if isinstance(result, Exception):
-                self.policy.handle(_as_data_error(result, self.policy), lost=n)
-            else:
-                meta = metas[done]
-                meta[LABEL], meta[TRACK_ID], meta[VALID] = result.label, track_id_of(result.key), 1
+    def _read_run(self, run: list[int], seg, first: int):
+        """Consecutive ordinals `run`, records first.. of segment `seg`: read by the reader into their slots."""
+        bp, done = self.plan.batches, 0
+        for n in self.reader.read(seg.url, first, [(int(bp.buffer_of[s]), int(bp.slot_of[s])) for s in run]):
             yield from run[done:done + n]
             done += n
-
-    def _read_jobs(self, job, first: int, run: list[int], chunk: int):
-        """The run in chunks of consecutive records, each a job(first record, slots) for the read
-        threads; results settled in order."""
-        bp = self.plan.batches
-        try:
-            for at in range(0, len(run), chunk):
-                part = run[at:at + chunk]
-                slots, metas = zip(*(self.buffers.slot(int(bp.buffer_of[s]), int(bp.slot_of[s])) for s in part))
-                for tag, read in self._reads.submit((part, metas), job, first + at, list(slots)):
-                    yield from self._settle(tag, read)
-            for tag, read in self._reads.drain():
-                yield from self._settle(tag, read)
-        finally:
-            self._reads.close_pending()
-
-    def _settle(self, tag, read):
-        """Wait for one job; fill in the meta rows of its samples, or hand their errors to the policy
-        (one error standing for several lost samples is reported once).  Yields each ordinal."""
-        results = read.result()
-        for i, (s, meta, sample) in enumerate(zip(*tag, results)):
-            if not isinstance(sample, Exception):
-                meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
-            elif i == 0 or results[i - 1] is not sample:
-                lost = 1
-                while i + lost < len(results) and results[i + lost] is sample:
-                    lost += 1
-                self.policy.handle(_as_data_error(sample, self.policy), lost=lost)
-            yield s
-
-
-def _as_data_error(exc: Exception, policy: ErrorPolicy) -> DataError:
-    """A storage error that outlasted its retries stops the run as itself in raise mode; in skip
-    mode it costs the samples it made unreadable, like a data error."""
-    if isinstance(exc, DataError):
-        return exc
-    if policy.mode == "raise":
-        raise exc
-    return DataError(exc.url, None, str(exc).removeprefix(f"{exc.url}: "))
 
 
 class _WorkerDataset(IterableDataset):
@@ -272,6 +174,42 @@ class _WorkerDataset(IterableDataset):
             if info is None:
                 raise
             yield exc   # to the main process as itself (torch would re-raise it as a RuntimeError)
+
+
+_DONE = object()
+
+
+def read_ahead(iterable, depth: int):
+    """Run `iterable` in a background thread, `depth` items ahead.  File and socket reads release the
+    GIL, so reading the next batch overlaps with whatever the consumer does (decoding, compute).
+    Errors are re-raised in the consumer; abandoning the iterator stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="fmashard-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def require_crcs(spec: DatasetSpec) -> None:

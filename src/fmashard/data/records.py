@@ -1,22 +1,22 @@
-"""Samples stage, local shards: records read in place, several at once.
+"""Samples stage, reading records: `SegmentReader` is the one home for reading a worker's shards.
 
-fmashard records have a fixed size, so sample i of a local shard starts at byte i * record_bytes.  The
-loader reads a batch's records when that batch is next (`LocalShards`), into a buffer just given back,
-which the CPU cache still holds.  A job of a small thread pool (`read_rows`) reads a few of them, one
-`preadv` each: the five small blocks of a record (headers, label, metadata) to a scratch buffer, the
-audio straight into its batch slot.  `preadv` needs no shared file position and releases the GIL, so
-the threads copy from the page cache at once.  The headers are checked after the copy; a record the
-fast parse does not recognise is read again by the general parser, which names the fault.
+Given the records to read and the slots to fill, it decides itself, from the record layout and the storage
+backend's capabilities, how: local shards of the fixed layout batch by batch (`read_batches`: record i at
+byte i * record_bytes, a few records per `preadv`, headers to scratch, audio straight into its slot, the
+GIL released), other seekable storage as ranged jobs on the read threads (`read_threads` > 1), anything
+else (a pipe, one thread, another layout) as one stream in the caller's thread (`read`).  It fills the
+audio slots and meta rows and hands errors to the policy; the loader only plans and assembles batches.
+Headers are checked after the copy; a record the fast parse does not recognise is read again by the
+general parser, which names the fault.
 """
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from fmashard.data.collate import LABEL, TRACK_ID, VALID
 from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
 from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
 from fmashard.format.tar import BLOCK, PREAMBLE, track_id_of
+
+READ_CHUNK = 4     # local shards: records of one batch per read-thread job (one preadv each)
+STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
 
 
 @dataclass(frozen=True)
@@ -232,10 +235,120 @@ def stream_records(url: str, first: int, slots: list, layout: RecordLayout, allo
 
 def reads_on_threads(layout: RecordLayout, urls, read_threads: int) -> bool:
     """Whether a worker's reads go on its read threads, which then read ahead by themselves: only
-    records of the fixed layout (`WorkerStream._gathered`, ranged jobs) on storage that can open at an
+    records of the fixed layout (`SegmentReader.read_batches`, ranged jobs) on storage that can open at an
     offset (a pipe cannot), and only with more than one thread.  Anything else is read in the loader's
-    thread, where read-ahead (`read_ahead`) is what overlaps the reads with the consumer."""
+    thread, where read-ahead (`loader.read_ahead`) is what overlaps the reads with the consumer."""
     return layout.fixed and read_threads > 1 and all(storage.backend_for(url).seekable for url in urls)
+
+
+class SegmentReader:
+    """Reads a worker's records into the slots of its `BatchBuffers` (`buffers.slot(buffer, row)`: the audio
+    slot and the meta row, filled with label, track id and valid); a record's error goes to
+    `policy.handle_read`.  `by_batch`: local
+    shards of the fixed layout, read with `read_batches`; otherwise `read`.  Use as a context manager
+    (the read threads live inside it)."""
+
+    def __init__(self, segments, layout: RecordLayout, policy, buffers, read_threads: int = 1,
+                 crcs: dict | None = None, allow_pipe: bool = False):
+        self.segments, self.layout, self.policy, self.buffers = segments, layout, policy, buffers
+        self.threads, self.crcs, self.allow_pipe = read_threads, crcs or {}, allow_pipe
+        self.by_batch = layout.fixed and all(storage.backend_for(seg.url).local for seg in segments)
+        self.reads: ParallelReads | None = None
+
+    def __enter__(self) -> SegmentReader:
+        # by batch: one job per thread in flight, so 3 batch buffers take turns (the one read into, the
+        # next, the consumer's) and stay in the CPU cache; 4 or more measured 1.1-1.25x the CPU per track
+        self.reads = ParallelReads(self.threads, depth=(1 if self.by_batch else 2) * self.threads)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.reads.close()
+
+    def read_batches(self, batches: list, slot_of):
+        """Local shards: `batches` [(buffer, its ordinals in slot order)], each read when it is next, into
+        a buffer just given back (still in the CPU cache), READ_CHUNK records a job: not into the ~100 MB of
+        pending buffers as the file goes by, which the cache no longer holds (1.25x the CPU per track:
+        benchmarks/README.md, issue 27).  `slot_of[ordinal]`: its row.  Yields each batch's index once read."""
+        shards = LocalShards(self.segments, [ordinals for _, ordinals in batches], self.layout, self.crcs)
+        try:
+            for n, (buffer, ordinals) in enumerate(batches):
+                slots, metas = zip(*(self.buffers.slot(buffer, s) for s in slot_of[ordinals].tolist()))
+                for at, records in shards.jobs(n, READ_CHUNK, self.policy):
+                    last = n if at + READ_CHUNK >= len(ordinals) else None
+                    for tag, read in self.reads.submit(last, read_rows, records, slots[at:at + READ_CHUNK],
+                                                       metas[at:at + READ_CHUNK]):
+                        yield from self._batch_part(tag, read, shards)
+            for tag, read in self.reads.drain():
+                yield from self._batch_part(tag, read, shards)
+        finally:
+            self.reads.close_pending()
+            shards.close()
+
+    def _batch_part(self, last, read, shards: LocalShards):
+        """Settle one job of read_batches (its failed records to the policy); after a batch's last, its index."""
+        for _, exc in read.result():
+            self.policy.handle_read(exc)
+        if last is not None:
+            shards.done(last)
+            yield last
+
+    def read(self, url: str, first: int, rows: list):
+        """Records first, first+1, ... of shard `url` into the slots `rows` [(buffer, row)] name, in order;
+        yields how many more records are settled (placed, or their error given to the policy) each time."""
+        if reads_on_threads(self.layout, [url], self.threads):   # http/s3 (local shards: read_batches)
+            yield from self._ranged(url, first, rows)
+        else:
+            yield from self._stream(url, first, rows)
+
+    def _stream(self, url: str, first: int, rows: list):
+        """One stream over the records, read in this thread (pipe: URLs, read_threads=1, other layouts);
+        each slot asked for just before its record is read."""
+        metas = {}
+
+        def slot_for(i):
+            slot, metas[i] = self.buffers.slot(*rows[i])
+            return slot
+        done = 0
+        for result, n in iter_stream_records(url, first, len(rows), slot_for, self.layout, self.allow_pipe,
+                                             self.crcs.get(url)):
+            if isinstance(result, Exception):
+                self.policy.handle_read(result, lost=n)
+            else:
+                _fill(metas[done], result)
+            yield n
+            done += n
+
+    def _ranged(self, url: str, first: int, rows: list):
+        """The records in jobs of STREAM_CHUNK consecutive ones (one ranged request each) for the read
+        threads; results settled in order."""
+        job = partial(stream_records, url, layout=self.layout, allow_pipe=self.allow_pipe, crcs=self.crcs.get(url))
+        try:
+            for at in range(0, len(rows), STREAM_CHUNK):
+                slots, metas = zip(*(self.buffers.slot(*row) for row in rows[at:at + STREAM_CHUNK]))
+                for done, read in self.reads.submit(metas, job, first + at, list(slots)):
+                    yield from self._settle(done, read)
+            for done, read in self.reads.drain():
+                yield from self._settle(done, read)
+        finally:
+            self.reads.close_pending()
+
+    def _settle(self, metas, read):
+        """Wait for one job; fill in the meta rows of its samples, or hand their errors to the policy
+        (one error standing for several lost samples is reported once).  Yields 1 per record."""
+        results = read.result()
+        for i, (meta, sample) in enumerate(zip(metas, results)):
+            if not isinstance(sample, Exception):
+                _fill(meta, sample)
+            elif i == 0 or results[i - 1] is not sample:
+                lost = 1
+                while i + lost < len(results) and results[i + lost] is sample:
+                    lost += 1
+                self.policy.handle_read(sample, lost=lost)
+            yield 1
+
+
+def _fill(meta, sample: Sample) -> None:
+    meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
 
 
 class ParallelReads:
@@ -284,39 +397,3 @@ class _Now:
 
     def cancel(self):
         return True
-
-
-_DONE = object()
-
-
-def read_ahead(iterable, depth: int):
-    """Run `iterable` in a background thread, `depth` items ahead.  File and socket reads release the
-    GIL, so reading the next batch overlaps with whatever the consumer does (decoding, compute).
-    Errors are re-raised in the consumer; abandoning the iterator stops the thread."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            items.put(exc)
-
-    thread = threading.Thread(target=produce, name="fmashard-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := items.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
