@@ -1,64 +1,15 @@
-"""Local shards read in place: one preadv per run of records, a bad record costs only itself."""
+"""SegmentReader reads a segment one way or another into the same slots; ParallelReads keeps the order."""
 import numpy as np
 import pytest
 
 from fmashard.data.collate import LABEL, TRACK_ID, VALID, BatchBuffers
 from fmashard.data.plan import PlanConfig, worker_plan
-from fmashard.data.records import LocalShard, ParallelReads, RecordLayout, SegmentReader
+from fmashard.data.records import ParallelReads, RecordLayout, SegmentReader, read_pool
 from fmashard.data.sources import resolve_source
-from fmashard.errors import DataError, ErrorPolicy, NotFoundError
-from fmashard.format.tar import PREAMBLE
+from fmashard.errors import ErrorPolicy, NotFoundError
 from synth_shards import write_synthetic_shards
 
 CLIP = 1001   # odd sample count: every record has tar padding after its audio
-
-
-def open_shard(tmp_path, count=6):
-    truth = write_synthetic_shards(tmp_path, [count], clip_samples=CLIP)
-    spec = resolve_source(tmp_path)
-    path = tmp_path / "training" / "training-000000.tar"
-    return spec, path, truth
-
-
-def read(spec, path, first, count):
-    shard = LocalShard(str(path), spec.record_bytes, spec.sample_bytes, "pcm")
-    slots = [np.zeros(spec.sample_bytes, np.uint8) for _ in range(count)]
-    try:
-        return shard.read_many(first, slots), slots
-    finally:
-        shard.close()
-
-
-def test_read_many_scatters_consecutive_records_into_their_slots(tmp_path):
-    spec, path, truth = open_shard(tmp_path)
-    samples, slots = read(spec, path, 1, 4)
-    ids = sorted(truth)[1:5]
-    assert [int(s.key) for s in samples] == ids
-    assert [s.label for s in samples] == [truth[t][1] for t in ids]
-    for slot, tid in zip(slots, ids):
-        np.testing.assert_array_equal(slot.view("<i2"), truth[tid][0])
-
-
-def test_a_damaged_record_costs_only_itself(tmp_path):
-    spec, path, truth = open_shard(tmp_path)
-    data = bytearray(path.read_bytes())
-    data[2 * spec.record_bytes + 1024 + 7] ^= 0x01    # third record's .json header
-    path.write_bytes(bytes(data))
-    samples, slots = read(spec, path, 0, 4)
-    assert isinstance(samples[2], DataError) and "damaged tar header" in str(samples[2])
-    ids = sorted(truth)
-    for i in (0, 1, 3):
-        assert int(samples[i].key) == ids[i]
-        np.testing.assert_array_equal(slots[i].view("<i2"), truth[ids[i]][0])
-
-
-def test_reading_past_a_truncated_end_names_the_key(tmp_path):
-    spec, path, truth = open_shard(tmp_path, count=3)
-    path.write_bytes(path.read_bytes()[: 2 * spec.record_bytes + PREAMBLE + 100])
-    samples, _ = read(spec, path, 0, 3)
-    key = f"{sorted(truth)[2]:06d}"
-    assert int(samples[1].key) == sorted(truth)[1]
-    assert isinstance(samples[2], DataError) and f"key {key}" in str(samples[2]) and "truncated" in str(samples[2])
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -69,6 +20,16 @@ def test_parallel_reads_come_back_in_submission_order(threads):
     got += [(tag, r.result()) for tag, r in reads.drain()]
     reads.close()
     assert got == [(i, i * i) for i in range(10)]
+
+
+def test_the_read_threads_are_made_once_per_process_and_thread_count():
+    """Each pass over the data used to start (and join) its own threads; the pool is now kept."""
+    first = ParallelReads(2, depth=2)
+    first.close()
+    second = ParallelReads(2, depth=2)
+    assert second.pool is first.pool is read_pool(2)
+    assert read_pool(3) is not read_pool(2) and ParallelReads(1, depth=1).pool is None
+    assert [fut.result() for _, fut in second.submit(0, sum, [1, 2])] == [] and second.drain()[0][1].result() == 3
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -63,27 +63,30 @@ class BatchBuffers:
         self.live: dict[int, tuple] = {}
         self.keep = pending + 8   # pending buffers, the read-ahead queue and what the consumer holds
 
-    def _allocate(self) -> torch.Tensor:
-        """(B, row) with row = clip_samples rounded up to 64 bytes.  The audio of every record sits
+    def _allocate(self) -> tuple[torch.Tensor, np.ndarray]:
+        """A (B, row) buffer, row = clip_samples rounded up to 64 bytes, and its bytes as numpy (B, row
+        bytes) for the readers to write into.  The audio of every record sits
         64-byte aligned in the shard file, and the kernel's page-cache copy runs at full speed only
         when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
         multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
         shape = (self.batch_size, row_bytes(self.spec) // self.dtype.itemsize)
         if self.ring is not None:  # a worker: a released buffer of its shared ring (fmashard.data.shm)
-            return self.ring.acquire(self.batch_size)
-        if self.shared:           # it leaves for the main process: a fresh shared-memory buffer
-            return torch.empty(shape, dtype=self.dtype).share_memory_()
-        if self.pin:              # torch's caching host allocator reuses pinned memory
-            return torch.empty(shape, dtype=self.dtype, pin_memory=True)
-        return recycle.empty(shape, self.dtype, keep=self.keep)
+            audio = self.ring.acquire(self.batch_size)
+        elif self.shared:         # it leaves for the main process: a fresh shared-memory buffer
+            audio = torch.empty(shape, dtype=self.dtype).share_memory_()
+        elif self.pin:            # torch's caching host allocator reuses pinned memory
+            audio = torch.empty(shape, dtype=self.dtype, pin_memory=True)
+        else:                     # numpy's bytes of a recycled buffer: no torch op per batch
+            return recycle.empty_with_bytes(shape, self.dtype, keep=self.keep)
+        return audio, audio.view(torch.uint8).numpy()
 
     def slot(self, buffer: int, slot: int):
         """(writable bytes of the audio row, its meta row) of a slot of a pending buffer."""
         live = self.live.get(buffer)
         if live is None:
-            audio = self._allocate()
+            audio, rows = self._allocate()
             meta = np.zeros((self.batch_size, len(META_COLUMNS)), dtype=np.int64)
-            live = self.live[buffer] = (audio, meta, audio.view(torch.uint8).numpy()[:, : self.spec.sample_bytes])
+            live = self.live[buffer] = (audio, meta, rows[:, : self.spec.sample_bytes])
         return live[2][slot], live[1][slot]
 
     def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:

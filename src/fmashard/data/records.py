@@ -1,32 +1,27 @@
 """Samples stage, reading records: `SegmentReader` is the one home for reading a worker's shards.
 
 Given the records to read and the slots to fill, it decides itself, from the record layout and the storage
-backend's capabilities, how: local shards of the fixed layout batch by batch (`read_batches`: record i at
-byte i * record_bytes, a few records per `preadv`, headers to scratch, audio straight into its slot, the
-GIL released), other seekable storage as ranged jobs on the read threads (`read_threads` > 1), anything
-else (a pipe, one thread, another layout) as one stream in the caller's thread (`read`).  It fills the
-audio slots and meta rows and hands errors to the policy; the loader only plans and assembles batches.
-Headers are checked after the copy; a record the fast parse does not recognise is read again by the
-general parser, which names the fault.
+backend's capabilities, how: local shards of the fixed layout batch by batch (`read_batches`: one
+read-thread job per batch, `fmashard.data.batchread`), other seekable storage as ranged jobs on the read
+threads (`read_threads` > 1), anything else (a pipe, one thread, another layout) as one stream in the
+caller's thread (`read`).  It fills the audio slots and meta rows and hands errors to the policy; the
+loader only plans and assembles batches.
 """
 from __future__ import annotations
 
 import os
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
-
 from fmashard import storage
+from fmashard.data.batchread import LocalShards, read_batch
 from fmashard.data.collate import LABEL, TRACK_ID, VALID
-from fmashard.data.tarstream import RecordReader, Sample, parse_preamble
-from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.format.tar import BLOCK, PREAMBLE, track_id_of
+from fmashard.data.tarstream import RecordReader, Sample, check_audio
+from fmashard.errors import DamagedHeaderError, DataError, StorageError, TruncatedShardError
+from fmashard.format.tar import track_id_of
 
-READ_CHUNK = 4     # local shards: records of one batch per read-thread job (one preadv each)
 STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
 
 
@@ -43,151 +38,6 @@ class RecordLayout:
     @classmethod
     def of(cls, spec) -> RecordLayout:
         return cls(spec.sample_bytes, spec.audio_ext, spec.record_bytes, spec.fixed_layout)
-
-
-class LocalShard:
-    """Random access to the records of one local shard file."""
-
-    def __init__(self, url: str, record_bytes: int, sample_bytes: int, audio_ext: str, crcs=None):
-        self.url, self.rb, self.sample_bytes, self.audio_ext = url, record_bytes, sample_bytes, audio_ext
-        self.crcs = crcs   # the crc32 of each record's audio, to check after the read (None: unchecked)
-        self.suffix = ("." + audio_ext).encode()
-        self.pad = bytearray(record_bytes - PREAMBLE - sample_bytes)   # tar padding after the audio
-        self.file = storage.open_local(url)
-        self.fd = self.file.fileno()
-
-    def read(self, index: int, slot) -> Sample:
-        """Record `index`, its audio copied into `slot`; a `DataError` naming shard and key if bad."""
-        at = index * self.rb
-        head = parse_preamble(os.pread(self.fd, PREAMBLE, at), self.sample_bytes, self.suffix)
-        if head is None:
-            return self.read_general(index, slot)
-        if os.preadv(self.fd, [slot], at + PREAMBLE) < self.sample_bytes:
-            raise TruncatedShardError(self.url, head[0], f"shard ends inside {head[0]}.{self.audio_ext} (truncated)")
-        return Sample(head[0], head[1], True)
-
-    def read_many(self, first: int, slots: list) -> list:
-        """Records first, first+1, ... into `slots`: a Sample or the DataError of each (one bad
-        record costs only itself).  The records are consecutive bytes of the file, so one `preadv`
-        scatters them: headers to a scratch buffer, audio straight into the slots, padding aside.
-        The headers are checked afterwards; a record that fails is read again on its own."""
-        pres = [bytearray(PREAMBLE) for _ in slots]
-        iov = []
-        for pre, slot in zip(pres, slots):
-            iov += [pre, slot, self.pad] if len(self.pad) else [pre, slot]
-        got = os.preadv(self.fd, iov, first * self.rb)
-        return [self.sample(first + i, pre, slot, got >= (i + 1) * self.rb - len(self.pad))
-                for i, (pre, slot) in enumerate(zip(pres, slots))]
-
-    def read_one(self, index: int, pre, slot) -> Sample | DataError:
-        """Record `index` by one preadv (its headers into `pre`, reused scratch): `read_many` of one."""
-        iov = [pre, slot, self.pad] if len(self.pad) else [pre, slot]
-        return self.sample(index, pre, slot, os.preadv(self.fd, iov, index * self.rb) >= self.rb - len(self.pad))
-
-    def sample(self, index: int, pre, slot, complete: bool) -> Sample | DataError:
-        """The result of a record whose preamble and audio were read into `pre` and `slot` (`complete`:
-        all its bytes came); a record the fast parse does not recognise is read again on its own."""
-        head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix) if complete else None
-        try:
-            sample = Sample(head[0], head[1], True) if head else self.read(index, slot)
-        except DataError as exc:
-            sample = exc
-        return check_audio(sample, slot, self.url, self.crcs, index)
-
-    def read_general(self, index: int, slot) -> Sample:
-        """Any other record: the general parser over its bytes, which names what is wrong."""
-        at = index * self.rb
-        # one block more: the next record's first header (or the end-of-archive block) ends this one
-        with storage.open_stream(self.url, at, at + self.rb + BLOCK) as stream:
-            sample = RecordReader(stream, self.url, self.sample_bytes, self.audio_ext).read_sample(slot)
-        if sample is None:
-            raise TruncatedShardError(self.url, None, f"shard ends after {index} samples; the manifest "
-                                                      "promised more (truncated)")
-        return sample
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class LocalShards:
-    """The local shards a worker's batches are read from, batch by batch: where each record of
-    `batches` (one array of ordinals per batch, in slot order) lies, each shard opened when first needed
-    and closed after the last batch that reads from it.  Where things are is worked out once, with numpy,
-    so a batch costs a few list lookups in Python (`jobs`), not a numpy call per record."""
-
-    def __init__(self, segments, batches: list, layout: RecordLayout, crcs: dict):
-        starts = np.cumsum([0] + [seg.count for seg in segments])
-        firsts = np.array([seg.first for seg in segments], dtype=np.int64)
-        ordinals = np.concatenate(batches or [[]]).astype(np.int64)
-        k = np.searchsorted(starts, ordinals, side="right") - 1
-        index = ordinals - starts[k] + firsts[k]                        # record within its shard
-        cuts = np.cumsum([len(b) for b in batches])[:-1]
-        self.where = [list(zip(*pair)) for pair in zip(np.split(k, cuts), np.split(index, cuts))]
-        last = np.full(len(segments), -1)
-        last[k] = np.repeat(np.arange(len(batches)), [len(b) for b in batches])  # the last batch wins
-        self.closes = {}
-        for shard, b in enumerate(last.tolist()):
-            self.closes.setdefault(b, []).append(shard)
-        self.segments, self.crcs, self.files = segments, crcs, {}
-        self.args = (layout.record_bytes, layout.sample_bytes, layout.audio_ext)
-        self.lost: dict[int, int] = {}    # shards that could not be opened: their records still to read
-
-    def jobs(self, batch: int, chunk: int, policy) -> list:
-        """Batch `batch`'s records as jobs of `chunk`: (slot of its first, [(LocalShard or None, index)]).
-        A shard that cannot be opened raises its StorageError (on_error raise), else costs its records of
-        this and later batches, counted once, at the first batch that needs it."""
-        where = [(self._open(int(k), batch, policy), int(i)) for k, i in self.where[batch]]
-        return [(at, where[at:at + chunk]) for at in range(0, len(where), chunk)]
-
-    def _open(self, k: int, batch: int, policy) -> LocalShard | None:
-        if k not in self.files:
-            url = self.segments[k].url
-            try:
-                self.files[k] = LocalShard(url, *self.args, self.crcs.get(url))
-            except StorageError as exc:
-                if policy.mode == "raise":
-                    raise
-                self.files[k] = None
-                lost = sum(kk == k for w in self.where[batch:] for kk, _ in w)
-                policy.handle(DataError(url, None, str(exc)), lost=lost)
-        return self.files[k]
-
-    def done(self, batch: int) -> None:
-        """Batch `batch` is read: close the shards no later batch reads from."""
-        for k in self.closes.get(batch, ()):
-            shard = self.files.pop(k, None)
-            if shard is not None:
-                shard.close()
-
-    def close(self) -> None:
-        for shard in self.files.values():
-            if shard is not None:
-                shard.close()
-        self.files.clear()
-
-
-def read_rows(records: list, slots: list, metas: list) -> list:
-    """A read-thread job: records anywhere in local shards ((LocalShard or None, index) each), one
-    `preadv` each, audio into `slots`, label/track id/valid into their `metas` rows.  Returns
-    [(position, DataError)] of the records that failed (None shards: counted when found, left invalid)."""
-    pre, failed = bytearray(PREAMBLE), []
-    for i, ((shard, index), slot, meta) in enumerate(zip(records, slots, metas)):
-        if shard is None:
-            continue
-        sample = shard.read_one(index, pre, slot)
-        if isinstance(sample, Sample):
-            meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
-        else:
-            failed.append((i, sample))
-    return failed
-
-
-def check_audio(sample, slot, url: str, crcs, index: int):
-    """`sample`, or a CorruptSampleError if the audio in `slot` is not what the build wrote: its crc32
-    differs from `crcs[index]` (crcs None: unchecked).  zlib releases the GIL over large buffers."""
-    if crcs is None or not isinstance(sample, Sample) or zlib.crc32(slot) == crcs[index]:
-        return sample
-    return CorruptSampleError(url, sample.key, "audio bytes differ from what the build wrote (crc32 mismatch)")
 
 
 def iter_stream_records(url: str, first: int, count: int, slot_for, layout: RecordLayout,
@@ -244,9 +94,8 @@ def reads_on_threads(layout: RecordLayout, urls, read_threads: int) -> bool:
 class SegmentReader:
     """Reads a worker's records into the slots of its `BatchBuffers` (`buffers.slot(buffer, row)`: the audio
     slot and the meta row, filled with label, track id and valid); a record's error goes to
-    `policy.handle_read`.  `by_batch`: local
-    shards of the fixed layout, read with `read_batches`; otherwise `read`.  Use as a context manager
-    (the read threads live inside it)."""
+    `policy.handle_read`.  `by_batch`: local shards of the fixed layout, read with `read_batches`;
+    otherwise `read`.  Use as a context manager (its reads are settled or cancelled on the way out)."""
 
     def __init__(self, segments, layout: RecordLayout, policy, buffers, read_threads: int = 1,
                  crcs: dict | None = None, allow_pipe: bool = False):
@@ -256,8 +105,8 @@ class SegmentReader:
         self.reads: ParallelReads | None = None
 
     def __enter__(self) -> SegmentReader:
-        # by batch: one job per thread in flight, so 3 batch buffers take turns (the one read into, the
-        # next, the consumer's) and stay in the CPU cache; 4 or more measured 1.1-1.25x the CPU per track
+        # by batch: a batch per thread in flight and one queued, so 4 batch buffers take turns (those read
+        # into, the next, the consumer's) and stay in the CPU cache; more measured 1.1-1.25x the CPU per track
         self.reads = ParallelReads(self.threads, depth=(1 if self.by_batch else 2) * self.threads)
         return self
 
@@ -265,32 +114,28 @@ class SegmentReader:
         self.reads.close()
 
     def read_batches(self, batches: list, slot_of):
-        """Local shards: `batches` [(buffer, its ordinals in slot order)], each read when it is next, into
-        a buffer just given back (still in the CPU cache), READ_CHUNK records a job: not into the ~100 MB of
-        pending buffers as the file goes by, which the cache no longer holds (1.25x the CPU per track:
+        """Local shards: `batches` [(buffer, its ordinals in slot order)], one read-thread job per batch
+        (`batchread.read_batch`), each into a buffer just given back (still in the CPU cache): not into the
+        ~100 MB of pending buffers as the file goes by, which no cache holds (1.25x the CPU per track:
         benchmarks/README.md, issue 27).  `slot_of[ordinal]`: its row.  Yields each batch's index once read."""
         shards = LocalShards(self.segments, [ordinals for _, ordinals in batches], self.layout, self.crcs)
         try:
             for n, (buffer, ordinals) in enumerate(batches):
-                slots, metas = zip(*(self.buffers.slot(buffer, s) for s in slot_of[ordinals].tolist()))
-                for at, records in shards.jobs(n, READ_CHUNK, self.policy):
-                    last = n if at + READ_CHUNK >= len(ordinals) else None
-                    for tag, read in self.reads.submit(last, read_rows, records, slots[at:at + READ_CHUNK],
-                                                       metas[at:at + READ_CHUNK]):
-                        yield from self._batch_part(tag, read, shards)
-            for tag, read in self.reads.drain():
-                yield from self._batch_part(tag, read, shards)
+                job = (self.buffers, buffer, slot_of[ordinals].tolist(), shards.records(n, self.policy))
+                for done, read in self.reads.submit(n, read_batch, *job):
+                    yield self._settle_batch(done, read, shards)
+            for done, read in self.reads.drain():
+                yield self._settle_batch(done, read, shards)
         finally:
             self.reads.close_pending()
             shards.close()
 
-    def _batch_part(self, last, read, shards: LocalShards):
-        """Settle one job of read_batches (its failed records to the policy); after a batch's last, its index."""
+    def _settle_batch(self, n: int, read, shards) -> int:
+        """Wait for batch `n`'s job; its failed records to the policy; close the shards it was the last to read."""
         for _, exc in read.result():
             self.policy.handle_read(exc)
-        if last is not None:
-            shards.done(last)
-            yield last
+        shards.done(n)
+        return n
 
     def read(self, url: str, first: int, rows: list):
         """Records first, first+1, ... of shard `url` into the slots `rows` [(buffer, row)] name, in order;
@@ -352,10 +197,11 @@ def _fill(meta, sample: Sample) -> None:
 
 
 class ParallelReads:
-    """Reads submitted in order, results taken in the same order, at most `depth` in flight."""
+    """Reads submitted in order, results taken in the same order, at most `depth` in flight, on this
+    process's pool of `threads` read threads (`read_pool`)."""
 
     def __init__(self, threads: int, depth: int):
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="fmashard-pread") if threads > 1 else None
+        self.pool = read_pool(threads) if threads > 1 else None
         self.depth, self.inflight = depth, deque()
 
     def submit(self, tag, fn, *args) -> list:
@@ -382,8 +228,19 @@ class ParallelReads:
 
     def close(self) -> None:
         self.close_pending()
-        if self.pool:
-            self.pool.shutdown(wait=True)
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def read_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's pool of `threads` read threads, made once and kept (idle threads cost nothing):
+    starting two threads for every pass over the data cost ~0.5 ms of each pass's first batch.  Keyed by
+    process id too, as a forked DataLoader worker inherits the dict but not the threads."""
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="fmashard-pread")
+    return _POOLS[key]
 
 
 class _Now:

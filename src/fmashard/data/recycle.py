@@ -11,33 +11,55 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import torch
 
+ALIGN = 64   # bytes
 _lock = threading.Lock()
-_cache: dict[tuple, list[torch.Tensor]] = {}
+_cache: dict[tuple, list[tuple]] = {}   # (shape, dtype) -> [(tensor, its bytes as numpy, baseline use count)]
 
 
-def unused(t: torch.Tensor) -> bool:
-    """True when only the cache's own tensor refers to this storage: every tensor handed out is an
-    alias, so it and its views count (the temporary storage object made to ask counts as one)."""
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
+def use_count(t: torch.Tensor) -> int:
+    """Tensors sharing `t`'s storage (each tensor and view handed out is one), plus one: the storage
+    object made to ask."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
 def empty(shape, dtype: torch.dtype, keep: int = 8) -> torch.Tensor:
     """An uninitialised CPU tensor: a released one of this shape and dtype, else a new one."""
+    return empty_with_bytes(shape, dtype, keep)[0]
+
+
+def empty_with_bytes(shape, dtype: torch.dtype, keep: int = 8) -> tuple[torch.Tensor, np.ndarray]:
+    """`empty`, and its memory as a (shape[0], bytes per row) uint8 numpy array, for host code that
+    writes into it: a numpy view costs ~5 us where a torch op costs ~40 us each when the core's cache
+    was just emptied by a 1.3 MB read (benchmarks/README.md, issue 27).  The memory is numpy's (numpy
+    asks the kernel for transparent huge pages) and torch shares it, so the array does not count as a
+    user of the tensor: write into it only while you hold the tensor."""
     key = (tuple(shape), dtype)
     with _lock:
         items = _cache.setdefault(key, [])
         for i in range(len(items) - 1, -1, -1):   # the most recently released first: warmest in cache
-            if unused(items[i]):
-                t = items.pop(i)
+            if use_count(items[i][0]) <= items[i][2]:
+                item = items.pop(i)
                 break
         else:
-            t = torch.empty(key[0], dtype=dtype)
-        items.append(t)
+            item = _new(key[0], dtype)
+        items.append(item)
         if len(items) > keep:        # forget the oldest; whoever holds it keeps it
             del items[0]
-        return t.view(t.shape)       # an alias: while it (or any view of it) lives, the count says so
+        t = item[0]
+        return t.view(t.shape), item[1]   # an alias: while it (or any view of it) lives, the count says so
+
+
+def _new(shape: tuple, dtype: torch.dtype) -> tuple:
+    """(tensor, its bytes, its use count with nothing handed out) over new numpy memory."""
+    rows, nbytes = (shape[0] if shape else 1), torch.Size(shape).numel() * dtype.itemsize
+    array = np.empty(nbytes + ALIGN, np.uint8)
+    at = -array.ctypes.data % ALIGN
+    array = array[at:at + nbytes]   # starts on a cache line, as torch's own allocations do
+    t = torch.from_numpy(array).view(dtype).view(shape)   # a view chain keeps its base: the baseline counts it
+    return t, array.reshape(rows, -1), use_count(t)
 
 
 def clear() -> None:

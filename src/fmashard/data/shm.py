@@ -128,7 +128,7 @@ class SharedRing:
 
 
 def _uses(t: torch.Tensor) -> int:
-    """References to a tensor's storage: each tensor and view handed out holds one (see recycle.unused)."""
+    """References to a tensor's storage: each tensor and view handed out holds one (see recycle.use_count)."""
     return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 

@@ -7,6 +7,7 @@ URL and the sample key.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,14 @@ class RecordReader:
 
 
 _HEADERS = (0, 2 * BLOCK, 4 * BLOCK)
+
+
+def check_audio(sample, slot, url: str, crcs, index: int):
+    """`sample`, or a CorruptSampleError if the audio in `slot` is not what the build wrote: its crc32
+    differs from `crcs[index]` (crcs None: unchecked).  zlib releases the GIL over large buffers."""
+    if crcs is None or not isinstance(sample, Sample) or zlib.crc32(slot) == crcs[index]:
+        return sample
+    return CorruptSampleError(url, sample.key, "audio bytes differ from what the build wrote (crc32 mismatch)")
 
 
 def parse_preamble(pre: bytes, sample_bytes: int, suffix: bytes) -> tuple[str, int] | None:
