@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"64K": 64 << 10, "256K": 256 << 10, "1M": 1 << 20, "2M": 2 << 20, "8M": 8 << 20}
-CHUNK = 4   # records per preadv, as records.READ_CHUNK
+CHUNK = 4   # consecutive records of one shard per preadv
 
 
 def usage() -> tuple[float, int, int]:

@@ -61,7 +61,8 @@ def test_reading_past_a_truncated_end_names_the_key(tmp_path):
     failed = read_batch(buffers, 0, [0, 1, 2], [(s, i) for i in range(3)])
     key = f"{sorted(truth)[2]:06d}"
     assert [pos for pos, _ in failed] == [2]
-    assert isinstance(failed[0][1], DataError) and f"key {key}" in str(failed[0][1]) and "truncated" in str(failed[0][1])
+    error = failed[0][1]
+    assert isinstance(error, DataError) and f"key {key}" in str(error) and "truncated" in str(error)
     assert buffers.take(0, 3)[1][:, VALID].tolist() == [1, 1, 0]
     s.close()
 

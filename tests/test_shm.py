@@ -74,3 +74,30 @@ def test_the_pin_thread_copies_a_ring_batch_out_and_the_buffer_goes_back(monkeyp
     assert isinstance(pinned, HostBatch) and int(pinned.audio[0, 0]) == 7 and pinned.audio.shape == (4, 50)
     r.reclaim()
     assert r.flags[0] == FREE and pinned.audio.data_ptr() != r.buffers[0].data_ptr()
+
+
+def test_read_threads_taking_buffers_at_once_never_share_one():
+    """A worker's read threads each take the buffer of the batch they read (batchread.read_batch)."""
+    import sys
+    import threading
+
+    r, got, interval = SharedRing(64, (2, 64), torch.int16), [], sys.getswitchinterval()
+    start = threading.Barrier(8)
+
+    def take():
+        start.wait()
+        for _ in range(10):
+            got.append(r.acquire(2).data_ptr())
+    sys.setswitchinterval(1e-6)   # switch threads as often as the interpreter can: races show
+    try:
+        threads = [threading.Thread(target=take) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    ring_ptrs = {b.data_ptr() for b in r.buffers}
+    taken = [p for p in got if p in ring_ptrs]
+    assert len(got) == 80 and len(taken) == 64 and len(set(taken)) == 64   # every ring buffer once
+    assert r.fresh == 16 and (r.flags == WORKER).all()                      # the rest fresh, counted

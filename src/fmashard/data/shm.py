@@ -12,12 +12,14 @@ mapping (`receive`) and gives the buffer back once the consumer lets go of it an
 buffer says who has it: FREE -> WORKER (the worker took it) -> MAIN (the main process received it) ->
 FREE (the consumer let go).  The worker writes only FREE -> WORKER, and WORKER -> FREE when a pass
 starts (`start`: buffers of an abandoned pass that were never received); the main process writes the
-other two, so no transition races another.  A worker that finds none free (a consumer hoarding
+other two, so no transition races another; within a worker, its read threads take buffers under a lock.
+A worker that finds none free (a consumer hoarding
 batches) allocates a fresh shared buffer as before: slower, never stuck.
 """
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -68,6 +70,7 @@ class SharedRing:
         self._index()
 
     def _index(self) -> None:
+        self._lock = threading.Lock()   # a worker's read threads acquire buffers at once
         self._ptrs = {b.data_ptr(): i for i, b in enumerate(self.buffers)}
         self._idle = [_uses(b) for b in self.buffers]   # the storage's use count while nobody holds it
 
@@ -89,12 +92,13 @@ class SharedRing:
     def acquire(self, rows: int) -> torch.Tensor:
         """A free buffer (its first `rows` rows), now the worker's; a fresh shared one if none is free."""
         flags = self.flags.numpy()
-        free = np.flatnonzero(flags == FREE)
-        if len(free):
-            i = int(free[0])
-            flags[i] = WORKER
-            return self.buffers[i][:rows]
-        self.fresh += 1
+        with self._lock:
+            free = np.flatnonzero(flags == FREE)
+            if len(free):
+                i = int(free[0])
+                flags[i] = WORKER
+                return self.buffers[i][:rows]
+            self.fresh += 1
         return _shared_empty((rows, self.buffers[0].shape[1]), self.buffers[0].dtype)
 
     def index_of(self, audio: torch.Tensor) -> int | None:
@@ -105,7 +109,8 @@ class SharedRing:
         out) the audio itself, which torch sends as a shared-memory handle."""
         index = self.index_of(batch.audio)
         outside = index is None or batch.audio.storage_offset() != 0
-        fresh, self.fresh = self.fresh, 0
+        with self._lock:
+            fresh, self.fresh = self.fresh, 0
         return RingBatch(self.token, -1 if outside else index, len(batch), batch.labels.numpy(),
                          batch.track_ids.numpy(), batch.skipped, fresh, batch.audio if outside else None)
 
