@@ -105,10 +105,11 @@ class LocalShards:
         ordinals = np.concatenate(batches or [[]]).astype(np.int64)
         k = np.searchsorted(starts, ordinals, side="right") - 1
         index = ordinals - starts[k] + firsts[k]                        # record within its shard
-        cuts = np.cumsum([len(b) for b in batches])[:-1]
-        self.where = [list(zip(*pair)) for pair in zip(np.split(k, cuts), np.split(index, cuts))]
+        sizes = [len(b) for b in batches]
+        pairs = list(zip(k.tolist(), index.tolist()))
+        self.where = [pairs[end - n:end] for n, end in zip(sizes, np.cumsum(sizes).tolist())]
         last = np.full(len(segments), -1)
-        last[k] = np.repeat(np.arange(len(batches)), [len(b) for b in batches])  # the last batch wins
+        last[k] = np.repeat(np.arange(len(batches)), sizes)  # the last batch wins
         self.closes = {}
         for shard, b in enumerate(last.tolist()):
             self.closes.setdefault(b, []).append(shard)
@@ -119,7 +120,7 @@ class LocalShards:
         """Batch `batch`'s records in slot order: [(LocalShard or None, index)].  A shard that cannot be
         opened raises its StorageError (on_error raise), else costs its records of this and later
         batches, counted once, at the first batch that needs it."""
-        return [(self._open(int(k), batch, policy), int(i)) for k, i in self.where[batch]]
+        return [(self._open(k, batch, policy), i) for k, i in self.where[batch]]
 
     def _open(self, k: int, batch: int, policy) -> LocalShard | None:
         if k not in self.files:

@@ -64,8 +64,8 @@ class BatchBuffers:
         self.keep = pending + 8   # pending buffers, the read-ahead queue and what the consumer holds
 
     def _allocate(self) -> tuple[torch.Tensor, np.ndarray]:
-        """A (B, row) buffer, row = clip_samples rounded up to 64 bytes, and its bytes as numpy (B, row
-        bytes) for the readers to write into.  The audio of every record sits
+        """A (B, row) buffer, row = clip_samples rounded up to 64 bytes, as its (B, clip_samples) view, and
+        its bytes as numpy (B, row bytes) for the readers to write into.  The audio of every record sits
         64-byte aligned in the shard file, and the kernel's page-cache copy runs at full speed only
         when the destination is aligned alike: unpadded rows (1,323,000 bytes: 8 bytes short of a
         multiple of 64) measured up to 2x slower (benchmarks/README.md)."""
@@ -76,9 +76,9 @@ class BatchBuffers:
             audio = torch.empty(shape, dtype=self.dtype).share_memory_()
         elif self.pin:            # torch's caching host allocator reuses pinned memory
             audio = torch.empty(shape, dtype=self.dtype, pin_memory=True)
-        else:                     # numpy's bytes of a recycled buffer: no torch op per batch
-            return recycle.empty_with_bytes(shape, self.dtype, keep=self.keep)
-        return audio, audio.view(torch.uint8).numpy()
+        else:                     # numpy's bytes of a recycled buffer: one torch op per batch
+            return recycle.empty_with_bytes(shape, self.dtype, keep=self.keep, columns=self.spec.clip_samples)
+        return audio[:, : self.spec.clip_samples], audio.view(torch.uint8).numpy()
 
     def slot(self, buffer: int, slot: int):
         """(writable bytes of the audio row, its meta row) of a slot of a pending buffer."""
@@ -91,7 +91,7 @@ class BatchBuffers:
 
     def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
         audio, meta, _ = self.live.pop(buffer)
-        return audio[:size, : self.spec.clip_samples], meta[:size]
+        return (audio if size == len(audio) else audio[:size]), meta[:size]
 
     def finish(self, buffer: int, size: int, skipped: int) -> HostBatch:
         """The HostBatch of a filled pending buffer (`take`, then `finish_batch`)."""

@@ -30,12 +30,14 @@ def empty(shape, dtype: torch.dtype, keep: int = 8) -> torch.Tensor:
     return empty_with_bytes(shape, dtype, keep)[0]
 
 
-def empty_with_bytes(shape, dtype: torch.dtype, keep: int = 8) -> tuple[torch.Tensor, np.ndarray]:
-    """`empty`, and its memory as a (shape[0], bytes per row) uint8 numpy array, for host code that
-    writes into it: a numpy view costs ~5 us where a torch op costs ~40 us each when the core's cache
-    was just emptied by a 1.3 MB read (benchmarks/README.md, issue 27).  The memory is numpy's (numpy
-    asks the kernel for transparent huge pages) and torch shares it, so the array does not count as a
-    user of the tensor: write into it only while you hold the tensor."""
+def empty_with_bytes(shape, dtype: torch.dtype, keep: int = 8, columns: int | None = None
+                     ) -> tuple[torch.Tensor, np.ndarray]:
+    """`empty` (its first `columns` columns, if given: the caller's view at no extra op), and its memory
+    as a (shape[0], bytes per row) uint8 numpy array, for host code that writes into it: a numpy view
+    costs ~3 us where a torch op costs ~20-30 us when the core's cache was just emptied by a 1.3 MB read
+    (benchmarks/cold_cache.py).  The memory is numpy's (numpy asks the kernel for transparent huge
+    pages) and torch shares it, so the array does not count as a user of the tensor: write into it only
+    while you hold the tensor."""
     key = (tuple(shape), dtype)
     with _lock:
         items = _cache.setdefault(key, [])
@@ -49,7 +51,8 @@ def empty_with_bytes(shape, dtype: torch.dtype, keep: int = 8) -> tuple[torch.Te
         if len(items) > keep:        # forget the oldest; whoever holds it keeps it
             del items[0]
         t = item[0]
-        return t.view(t.shape), item[1]   # an alias: while it (or any view of it) lives, the count says so
+        # an alias: while it (or any view of it) lives, the count says so
+        return (t.view(t.shape) if columns is None else t[:, :columns]), item[1]
 
 
 def _new(shape: tuple, dtype: torch.dtype) -> tuple:
