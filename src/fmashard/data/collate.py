@@ -101,8 +101,8 @@ class BatchBuffers:
 def finish_batch(audio: torch.Tensor, meta: np.ndarray, skipped: int) -> HostBatch:
     """A HostBatch from a filled buffer and its meta rows (META_COLUMNS); rows whose sample was
     skipped (VALID 0) are left out."""
-    valid = meta[:, VALID].astype(bool)
-    if not valid.all():
+    if not meta[:, VALID].all():
+        valid = meta[:, VALID].astype(bool)
         audio, meta = audio[torch.from_numpy(valid)], meta[valid]
     return HostBatch(audio, torch.from_numpy(meta[:, LABEL].copy()), torch.from_numpy(meta[:, TRACK_ID].copy()),
                      skipped)

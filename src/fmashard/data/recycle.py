@@ -41,7 +41,7 @@ def empty_with_bytes(shape, dtype: torch.dtype, keep: int = 8, columns: int | No
     key = (tuple(shape), dtype)
     with _lock:
         items = _cache.setdefault(key, [])
-        for i in range(len(items) - 1, -1, -1):   # the most recently released first: warmest in cache
+        for i in range(len(items)):   # the longest held out first: the consumer gives them back in turn
             if use_count(items[i][0]) <= items[i][2]:
                 item = items.pop(i)
                 break
