@@ -68,7 +68,7 @@ def method_line(report: dict, device) -> str:
     return (f"{report['results'][0]['tracks']} tracks of the {config['split']} split, batch {config['batch_size']}, "
             f"{config['rounds']} interleaved rounds after a warm-up (in each a loader repeats its pass until "
             f"{config['min_seconds']:g} s have passed); torch threads {report['environment']['torch_threads']}; "
-            f"{where}" + (f"; {report['raw_read']}" if "raw_read" in report else ""))
+            f"{where}" + "".join(f"; {report[key]}" for key in ("raw_read", "read_threads") if key in report))
 
 
 def fmt(stat: dict, digits: int = 0) -> str:
