@@ -77,7 +77,7 @@ def test_the_pin_thread_copies_a_ring_batch_out_and_the_buffer_goes_back(monkeyp
 
 
 def test_read_threads_taking_buffers_at_once_never_share_one():
-    """A worker's read threads each take the buffer of the batch they read (batchread.read_batch)."""
+    """A worker's read threads each take the buffer of the batch they read (records.read_batch)."""
     import sys
     import threading
 

@@ -1,86 +1,170 @@
 """Samples stage, reading records: `SegmentReader` is the one home for reading a worker's shards.
 
 Given the records to read and the slots to fill, it decides itself, from the record layout and the storage
-backend's capabilities, how: local shards of the fixed layout batch by batch (`read_batches`: one
-read-thread job per batch, `fmashard.data.batchread`), other seekable storage as ranged jobs on the read
-threads (`read_threads` > 1), anything else (a pipe, one thread, another layout) as one stream in the
-caller's thread (`read`).  It fills the audio slots and meta rows and hands errors to the policy; the
-loader only plans and assembles batches.
+backend's capabilities, how: local shards of the fixed layout batch by batch (`read_batches`: record i at
+byte i * record_bytes, one read-thread job per batch, `read_batch`), other seekable storage as ranged jobs
+on the read threads (`read_threads` > 1), anything else (a pipe, one thread, another layout) as one stream
+in the caller's thread (`read`; the stream readers are `tarstream.iter_stream_records`).  It fills the
+audio slots and meta rows and hands errors to the policy; the loader only plans and assembles batches.
+A batch job makes all its reads (one `preadv` a record: headers to scratch, audio straight into its row,
+padding aside; the GIL released) before its header checks: each 1.3 MB copy evicts Python's working set
+from the core's cache, so a check right after each read cost ~5x one made after them all
+(benchmarks/cold_cache.py).  A record the fast check does not recognise is read again by the general
+parser, which names the fault.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+
 from fmashard import storage
-from fmashard.data.batchread import LocalShards, read_batch
 from fmashard.data.collate import LABEL, TRACK_ID, VALID
-from fmashard.data.tarstream import RecordReader, Sample, check_audio
-from fmashard.errors import DamagedHeaderError, DataError, StorageError, TruncatedShardError
-from fmashard.format.tar import track_id_of
+from fmashard.data.tarstream import (
+    RecordLayout,
+    RecordReader,
+    Sample,
+    check_audio,
+    iter_stream_records,
+    parse_preamble,
+    stream_records,
+)
+from fmashard.errors import DataError, StorageError, TruncatedShardError
+from fmashard.format.tar import BLOCK, PREAMBLE, track_id_of
 
 STREAM_CHUNK = 16  # http/s3 shards: consecutive records per read-thread job (one ranged request)
 
 
-@dataclass(frozen=True)
-class RecordLayout:
-    """What a reader needs to know of a split's records: the audio member's size and extension, and the
-    bytes of one record (fmashard's fixed layout when `fixed`)."""
+class LocalShard:
+    """Random access to the records of one local shard file."""
 
-    sample_bytes: int
-    audio_ext: str
-    record_bytes: int
-    fixed: bool
+    def __init__(self, url: str, record_bytes: int, sample_bytes: int, audio_ext: str, crcs=None):
+        self.url, self.rb, self.sample_bytes, self.audio_ext = url, record_bytes, sample_bytes, audio_ext
+        self.crcs = crcs   # the crc32 of each record's audio, to check after the read (None: unchecked)
+        self.suffix = ("." + audio_ext).encode()
+        self.pad = bytearray(record_bytes - PREAMBLE - sample_bytes)   # tar padding after the audio
+        self.file = storage.open_local(url)
+        self.fd = self.file.fileno()
 
-    @classmethod
-    def of(cls, spec) -> RecordLayout:
-        return cls(spec.sample_bytes, spec.audio_ext, spec.record_bytes, spec.fixed_layout)
+    def read_into(self, index: int, pre, slot) -> bool:
+        """Record `index` by one preadv: its headers into `pre`, its audio into `slot`; whether all its
+        bytes came (the headers are checked by `sample`)."""
+        iov = [pre, slot, self.pad] if len(self.pad) else [pre, slot]
+        return os.preadv(self.fd, iov, index * self.rb) >= self.rb - len(self.pad)
 
-
-def iter_stream_records(url: str, first: int, count: int, slot_for, layout: RecordLayout,
-                        allow_pipe: bool = False, crcs=None):
-    """Records first .. first+count-1 of a shard, over one stream (one ranged request): yields
-    (result, n) pairs, result a Sample or the error (a DataError, or the StorageError of a read that
-    outlasted its retries) standing for the next n records.  `slot_for(i)` gives record i's slot, asked
-    just before it is read; with `crcs`, each sample's audio is checked against them (`check_audio`).
-    A damaged header costs its record (the stream is reopened at the next one); a truncated shard or a
-    storage error costs the rest (one pair)."""
-    record_bytes = layout.record_bytes
-    done, end = 0, (first + count) * record_bytes
-    while done < count:
+    def sample(self, index: int, pre, slot, complete: bool) -> Sample | DataError:
+        """The result of a record whose preamble and audio were read into `pre` and `slot` (`complete`:
+        all its bytes came); a record the fast parse does not recognise is read again on its own."""
+        head = parse_preamble(bytes(pre), self.sample_bytes, self.suffix) if complete else None
         try:
-            with storage.open_stream(url, (first + done) * record_bytes, end, allow_pipe=allow_pipe) as stream:
-                reader = RecordReader(stream, url, layout.sample_bytes, layout.audio_ext, record_bytes)
-                while done < count:
-                    slot = slot_for(done)
-                    try:
-                        sample = reader.read_sample(slot)
-                    except (DamagedHeaderError, TruncatedShardError):
-                        raise
-                    except DataError as exc:       # its members were consumed: the stream goes on
-                        sample = exc
-                    if sample is None:
-                        raise TruncatedShardError(url, None, f"shard ends after {first + done} samples; "
-                                                             "the manifest promised more (truncated)")
-                    done += 1
-                    yield check_audio(sample, slot, url, crcs, first + done - 1), 1
-        except DamagedHeaderError as exc:          # resync at the next record boundary
-            done += 1
-            yield exc, 1
-        except (TruncatedShardError, StorageError) as exc:
-            yield exc, count - done
-            return
+            sample = Sample(head[0], head[1], True) if head else self.read(index, slot)
+        except DataError as exc:
+            sample = exc
+        return check_audio(sample, slot, self.url, self.crcs, index)
+
+    def read(self, index: int, slot) -> Sample:
+        """Record `index`, its audio copied into `slot`; a `DataError` naming shard and key if bad."""
+        at = index * self.rb
+        head = parse_preamble(os.pread(self.fd, PREAMBLE, at), self.sample_bytes, self.suffix)
+        if head is None:
+            return self.read_general(index, slot)
+        if os.preadv(self.fd, [slot], at + PREAMBLE) < self.sample_bytes:
+            raise TruncatedShardError(self.url, head[0], f"shard ends inside {head[0]}.{self.audio_ext} (truncated)")
+        return Sample(head[0], head[1], True)
+
+    def read_general(self, index: int, slot) -> Sample:
+        """Any other record: the general parser over its bytes, which names what is wrong."""
+        at = index * self.rb
+        # one block more: the next record's first header (or the end-of-archive block) ends this one
+        with storage.open_stream(self.url, at, at + self.rb + BLOCK) as stream:
+            sample = RecordReader(stream, self.url, self.sample_bytes, self.audio_ext).read_sample(slot)
+        if sample is None:
+            raise TruncatedShardError(self.url, None, f"shard ends after {index} samples; the manifest "
+                                                      "promised more (truncated)")
+        return sample
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def stream_records(url: str, first: int, slots: list, layout: RecordLayout, allow_pipe: bool = False,
-                   crcs=None) -> list:
-    """A read-thread job: `iter_stream_records` into `slots`, one result per record (an error that
-    costs several records is the same object for each)."""
-    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, layout,
-                                                        allow_pipe, crcs) for _ in range(n)]
+def read_batch(buffers, buffer: int, rows: list, records: list) -> list:
+    """A read-thread job: one batch's records ((LocalShard or None, index) each) into the rows `rows` of
+    pending buffer `buffer` of `buffers` (a `BatchBuffers`): every read first, then every header check,
+    label/track id/valid into the meta rows.  Returns [(position, DataError)] of the records that failed
+    (None shards: counted when found, left invalid)."""
+    slots, metas = zip(*(buffers.slot(buffer, row) for row in rows))
+    pres = [bytearray(PREAMBLE) for _ in records]
+    complete = [shard is not None and shard.read_into(index, pre, slot)
+                for (shard, index), pre, slot in zip(records, pres, slots)]
+    failed = []
+    for i, ((shard, index), pre, slot, meta) in enumerate(zip(records, pres, slots, metas)):
+        if shard is None:
+            continue
+        sample = shard.sample(index, pre, slot, complete[i])
+        if isinstance(sample, Sample):
+            meta[LABEL], meta[TRACK_ID], meta[VALID] = sample.label, track_id_of(sample.key), 1
+        else:
+            failed.append((i, sample))
+    return failed
+
+
+class LocalShards:
+    """The local shards a worker's batches are read from, batch by batch: where each record of
+    `batches` (one array of ordinals per batch, in slot order) lies, each shard opened when first needed
+    and closed after the last batch that reads from it.  Where things are is worked out once, with numpy,
+    so a batch costs a few list lookups in Python (`records`), not a numpy call per record."""
+
+    def __init__(self, segments, batches: list, layout, crcs: dict):
+        starts = np.cumsum([0] + [seg.count for seg in segments])
+        firsts = np.array([seg.first for seg in segments], dtype=np.int64)
+        ordinals = np.concatenate(batches or [[]]).astype(np.int64)
+        k = np.searchsorted(starts, ordinals, side="right") - 1
+        index = ordinals - starts[k] + firsts[k]                        # record within its shard
+        sizes = [len(b) for b in batches]
+        pairs = list(zip(k.tolist(), index.tolist()))
+        self.where = [pairs[end - n:end] for n, end in zip(sizes, np.cumsum(sizes).tolist())]
+        last = np.full(len(segments), -1)
+        last[k] = np.repeat(np.arange(len(batches)), sizes)  # the last batch wins
+        self.closes = {}
+        for shard, b in enumerate(last.tolist()):
+            self.closes.setdefault(b, []).append(shard)
+        self.segments, self.crcs, self.files = segments, crcs, {}
+        self.args = (layout.record_bytes, layout.sample_bytes, layout.audio_ext)
+
+    def records(self, batch: int, policy) -> list:
+        """Batch `batch`'s records in slot order: [(LocalShard or None, index)].  A shard that cannot be
+        opened raises its StorageError (on_error raise), else costs its records of this and later
+        batches, counted once, at the first batch that needs it."""
+        return [(self._open(k, batch, policy), i) for k, i in self.where[batch]]
+
+    def _open(self, k: int, batch: int, policy) -> LocalShard | None:
+        if k not in self.files:
+            url = self.segments[k].url
+            try:
+                self.files[k] = LocalShard(url, *self.args, self.crcs.get(url))
+            except StorageError as exc:
+                if policy.mode == "raise":
+                    raise
+                self.files[k] = None
+                lost = sum(kk == k for w in self.where[batch:] for kk, _ in w)
+                policy.handle(DataError(url, None, str(exc)), lost=lost)
+        return self.files[k]
+
+    def done(self, batch: int) -> None:
+        """Batch `batch` and every one before it are read: close the shards no later batch reads from."""
+        for k in self.closes.get(batch, ()):
+            shard = self.files.pop(k, None)
+            if shard is not None:
+                shard.close()
+
+    def close(self) -> None:
+        for shard in self.files.values():
+            if shard is not None:
+                shard.close()
+        self.files.clear()
 
 
 def reads_on_threads(layout: RecordLayout, urls, read_threads: int) -> bool:
@@ -115,7 +199,7 @@ class SegmentReader:
 
     def read_batches(self, batches: list, slot_of):
         """Local shards: `batches` [(buffer, its ordinals in slot order)], one read-thread job per batch
-        (`batchread.read_batch`), each into a buffer just given back (still in the CPU cache): not into the
+        (`read_batch`), each into a buffer just given back (still in the CPU cache): not into the
         ~100 MB of pending buffers as the file goes by, which no cache holds (1.25x the CPU per track:
         benchmarks/README.md, issue 27).  `slot_of[ordinal]`: its row.  Yields each batch's index once read."""
         shards = LocalShards(self.segments, [ordinals for _, ordinals in batches], self.layout, self.crcs)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmashard.errors import CorruptSampleError, DataError, TruncatedShardError
+from fmashard import storage
+from fmashard.errors import CorruptSampleError, DamagedHeaderError, DataError, StorageError, TruncatedShardError
 from fmashard.format.codecs import SHARD_CODECS, get_codec, shard_codec_for_ext
 from fmashard.format.tar import BLOCK, PREAMBLE, Header, is_fixed_layout, member_header, padded, parse_header
 
@@ -282,3 +283,61 @@ def probe_layout(stream, url: str) -> tuple[int, int, str]:
         exts = " or ".join(f".{get_codec(name).ext}" for name in SHARD_CODECS)
         raise DataError(url, key, f"first sample has no {exts} member: not an fmashard shard")
     return total, audio[1] // audio[0].bytes_per_sample, audio[0].name
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """What a reader needs to know of a split's records: the audio member's size and extension, and the
+    bytes of one record (fmashard's fixed layout when `fixed`)."""
+
+    sample_bytes: int
+    audio_ext: str
+    record_bytes: int
+    fixed: bool
+
+    @classmethod
+    def of(cls, spec) -> RecordLayout:
+        return cls(spec.sample_bytes, spec.audio_ext, spec.record_bytes, spec.fixed_layout)
+
+
+def iter_stream_records(url: str, first: int, count: int, slot_for, layout: RecordLayout,
+                        allow_pipe: bool = False, crcs=None):
+    """Records first .. first+count-1 of a shard, over one stream (one ranged request): yields
+    (result, n) pairs, result a Sample or the error (a DataError, or the StorageError of a read that
+    outlasted its retries) standing for the next n records.  `slot_for(i)` gives record i's slot, asked
+    just before it is read; with `crcs`, each sample's audio is checked against them (`check_audio`).
+    A damaged header costs its record (the stream is reopened at the next one); a truncated shard or a
+    storage error costs the rest (one pair)."""
+    record_bytes = layout.record_bytes
+    done, end = 0, (first + count) * record_bytes
+    while done < count:
+        try:
+            with storage.open_stream(url, (first + done) * record_bytes, end, allow_pipe=allow_pipe) as stream:
+                reader = RecordReader(stream, url, layout.sample_bytes, layout.audio_ext, record_bytes)
+                while done < count:
+                    slot = slot_for(done)
+                    try:
+                        sample = reader.read_sample(slot)
+                    except (DamagedHeaderError, TruncatedShardError):
+                        raise
+                    except DataError as exc:       # its members were consumed: the stream goes on
+                        sample = exc
+                    if sample is None:
+                        raise TruncatedShardError(url, None, f"shard ends after {first + done} samples; "
+                                                             "the manifest promised more (truncated)")
+                    done += 1
+                    yield check_audio(sample, slot, url, crcs, first + done - 1), 1
+        except DamagedHeaderError as exc:          # resync at the next record boundary
+            done += 1
+            yield exc, 1
+        except (TruncatedShardError, StorageError) as exc:
+            yield exc, count - done
+            return
+
+
+def stream_records(url: str, first: int, slots: list, layout: RecordLayout, allow_pipe: bool = False,
+                   crcs=None) -> list:
+    """A read-thread job: `iter_stream_records` into `slots`, one result per record (an error that
+    costs several records is the same object for each)."""
+    return [result for result, n in iter_stream_records(url, first, len(slots), slots.__getitem__, layout,
+                                                        allow_pipe, crcs) for _ in range(n)]
