@@ -82,12 +82,22 @@ class BatchBuffers:
 
     def slot(self, buffer: int, slot: int):
         """(writable bytes of the audio row, its meta row) of a slot of a pending buffer."""
+        live = self._live(buffer)
+        return live[2][slot], live[1][slot]
+
+    def rows(self, buffer: int, slots: list) -> tuple[list, np.ndarray]:
+        """([writable bytes of each slot's audio row], the buffer's meta rows, (B, META_COLUMNS)) of a
+        pending buffer: what a reader of a whole batch needs, in one call."""
+        live = self._live(buffer)
+        return [live[2][s] for s in slots], live[1]
+
+    def _live(self, buffer: int) -> tuple:
         live = self.live.get(buffer)
         if live is None:
             audio, rows = self._allocate()
             meta = np.zeros((self.batch_size, len(META_COLUMNS)), dtype=np.int64)
             live = self.live[buffer] = (audio, meta, rows[:, : self.spec.sample_bytes])
-        return live[2][slot], live[1][slot]
+        return live
 
     def take(self, buffer: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
         audio, meta, _ = self.live.pop(buffer)
