@@ -161,7 +161,10 @@ def test_ctrl_c_says_how_to_continue(fma_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "fmashard", "build", "--fma-dir", str(fma_dir), "--out", str(out),
            "--workers", "1", "--shard-size", SHARD_SIZE]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a test run in the background of a non-interactive shell (`make test &`)
+    # inherits SIGINT ignored, and so would the build, which then finishes as if nothing was pressed
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(out.glob(".fmashard-journal/*.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
