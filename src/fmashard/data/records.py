@@ -104,9 +104,9 @@ def read_batch(buffers, buffer: int, rows: list, records: list) -> list:
         if shard is None:
             continue
         head = parse_preamble(bytes(pre), shard.sample_bytes, shard.suffix) if complete[i] else None
-        sample = Sample(*head, True) if head and shard.crcs is None else shard.sample(index, head, slot)
+        sample = shard.sample(index, head, slot)
         if isinstance(sample, Sample):
-            meta[row, LABEL], meta[row, TRACK_ID], meta[row, VALID] = sample.label, track_id_of(sample.key), 1
+            _fill(meta[row], sample)
         else:
             failed.append((i, sample))
     return failed
